@@ -1,0 +1,29 @@
+# The two set-up commands of the README:
+#   make demo   create .venv, install picochat, run the whole pipeline on the built-in data
+#   make test   create .venv, install picochat with test extras, run the test suite
+# TORCH picks the PyTorch build: the default pins the CPU build this project is tested with;
+# on a GPU machine use e.g. `make demo TORCH=torch` (or install torch yourself first).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+OUT ?= runs/tiny
+PRESET ?= tiny
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install "$(TORCH)"
+	$(VENV)/bin/pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/picochat run --preset $(PRESET) --out $(OUT)
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,296 @@
+"""Typed configuration for every stage, YAML presets, and dotted command-line overrides.
+
+One `RunConfig` describes a whole run (all stages); each stage reads its own section. The order of
+precedence is: dataclass defaults < preset (`picochat/configs/<name>.yaml`) < `--config FILE` <
+`key=value` overrides on the command line. There is exactly one place for every default: the
+dataclasses below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picochat.model import ModelConfig
+from picochat.world import WorldConfig
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message says which key and why."""
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop's knobs (pretrain, SFT, reward model and DPO all use these)."""
+
+    max_steps: int = 1000
+    batch_size: int = 16  # sequences per micro-batch (per process)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    lr_warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    wsd_decay_fraction: float = 0.2  # WSD: fraction of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    precision: str = "auto"  # auto | bf16 | fp32 (auto = bf16 where the hardware runs it fast)
+    compile: bool = False  # torch.compile the model (measured slower on small CPU models)
+    eval_every: int = 100  # steps between evaluations (0 = only at the end)
+    eval_batches: int = 16  # micro-batches per evaluation
+    log_every: int = 10  # steps between log lines / metrics.jsonl records
+    ckpt_every: int = 100  # steps between checkpoints (0 = only at the end / on Ctrl-C)
+    seed: int = 1337
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    tensorboard: bool = False  # also write TensorBoard events (needs `pip install picochat[tensorboard]`)
+
+    def validate(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_batches")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ConfigError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+
+
+@dataclass
+class TokenizerStageConfig:
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    sources: list[str] = field(default_factory=list)  # files/dirs; empty = the built-in world corpus
+    text_field: str = "text"
+    max_docs: int = 0  # train on at most this many documents (0 = all)
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=list)  # empty = prompts derived from the data
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    sources: list[str] = field(default_factory=list)  # files/dirs; empty = the built-in world corpus
+    text_field: str = "text"
+    val_fraction: float = 0.05
+    seq_len: int = 256
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs. `model` is the architecture the run pretrains; later stages read
+    the architecture from the checkpoint they start from."""
+
+    preset: str = "tiny"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    tokenizer: TokenizerStageConfig = field(default_factory=TokenizerStageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *names: str) -> str:
+        """A stable hash of some sections, used to tell whether a finished stage is still valid."""
+        d = self.to_dict()
+        blob = json.dumps({n: d[n] for n in names}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a config from layers of dicts
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a command-line value: int, float (including `3e-4`, which YAML reads as a string),
+    bool, null, lists in YAML flow style, else the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert `value` to the field type `annotation`, raising ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, key) for v in value]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, updates: dict, prefix: str = "") -> None:
+    """Apply a nested dict of updates onto dataclass `obj` in place, type-checked."""
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in updates.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r} (known here: {', '.join(sorted(names))})")
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {v!r}")
+            if getattr(type(current), "__dataclass_params__").frozen:
+                merged = dataclasses.asdict(current)
+                merged.update(v)
+                probe = type(current)()
+                extra = set(v) - {f.name for f in dataclasses.fields(probe)}
+                if extra:
+                    raise ConfigError(f"unknown config key {key}.{sorted(extra)[0]!r}")
+                sub_hints = typing.get_type_hints(type(current))
+                merged = {n: _coerce(val, sub_hints[n], f"{key}.{n}") for n, val in merged.items()}
+                setattr(obj, k, type(current)(**merged))
+            else:
+                _apply(current, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key))
+
+
+def _dotted_to_nested(overrides: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for dotted, value in overrides.items():
+        node = nested
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r} conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def parse_overrides(items: list[str], default_section: str | None = None) -> dict[str, Any]:
+    """Turn `["train.lr=3e-4", "model.d_model=256"]` into a dotted dict.
+
+    A key whose first part is not a top-level section of RunConfig is taken as relative to
+    `default_section`, so `picochat pretrain train.lr=3e-4` means `pretrain.train.lr`.
+    """
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=3e-4)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if key.split(".")[0] not in top and default_section:
+            key = f"{default_section}.{key}"
+        out[key] = _parse_scalar(raw.strip())
+    return out
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def build_config(
+    preset: str | None = "tiny",
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base_file: str | Path | None = None,
+) -> RunConfig:
+    """defaults < preset (or `base_file`, a run's saved config.yaml) < config file < overrides."""
+    cfg = RunConfig()
+    if base_file:
+        _apply(cfg, load_yaml(Path(base_file)))
+    elif preset:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+        _apply(cfg, load_yaml(path))
+        cfg.preset = preset
+    if config_file:
+        _apply(cfg, load_yaml(Path(config_file)))
+    if overrides:
+        _apply(cfg, _dotted_to_nested(overrides))
+    cfg.pretrain.train.validate()
+    try:
+        cfg.model.validate()
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    return cfg
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, d)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from picochat.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

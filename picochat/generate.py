@@ -1,0 +1,147 @@
+"""Batched sampling from a GPT with a KV cache.
+
+Prompts of different lengths are LEFT-padded into one (B, T) batch so that every row's next token
+is in the last column; an attention mask hides the pads and position ids restart at 0 at each
+row's first real token, so a padded row computes what it would compute alone. One forward fills
+the cache with all prompts (prefill), then each step feeds one token per row.
+
+    results = generate(model, [[1, 2, 3], [4, 5]], SamplingConfig(max_new_tokens=32, temperature=0))
+    results[0].tokens, results[0].finish_reason   # new tokens (stop token excluded), "stop"|"length"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from picochat.model import GPT, KVCache
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy (argmax); top_k/top_p are then irrelevant
+    top_k: int | None = None  # keep only the k most likely tokens
+    top_p: float | None = None  # nucleus: keep the smallest set of tokens with total probability >= top_p
+    seed: int | None = None  # seeds a private torch.Generator; None = torch's global RNG
+    stop_ids: tuple[int, ...] = ()  # a row finishes when it samples one of these (not returned)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # the new tokens only, without the prompt and without the stop token
+    finish_reason: str  # "stop" (sampled a stop id) or "length" (reached max_new_tokens)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, V) -> (B,) long.
+
+    temperature 0 is argmax. Otherwise logits are divided by temperature, then top_k keeps the k
+    largest (ties at the k-th value are all kept), then top_p keeps the smallest prefix of the
+    sorted distribution whose probability reaches top_p (the top token always survives).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of strictly better tokens
+        drop_sorted = mass_before >= top_p  # already reached top_p without this token; never drops the top one
+        drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompts: list[list[int]],
+    cfg: SamplingConfig,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[GenerationResult]:
+    """Continue each prompt; returns one GenerationResult per prompt, in order.
+
+    Raises ValueError if the longest prompt + max_new_tokens exceeds the model's max_seq_len (we
+    do not silently cut prompts). on_token(row, token_id) is called for each returned token as it
+    is sampled (streaming). use_cache=False recomputes the whole sequence every step: slow, but
+    the reference the cached path is tested against. The model has no dropout, so train/eval mode
+    does not matter; dtype follows the caller's autocast, if any.
+    """
+    if model.cfg.head != "lm":
+        raise ValueError(f"generate needs a model with head='lm', this one has head={model.cfg.head!r}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    if cfg.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    longest = max(len(p) for p in prompts)
+    if longest + cfg.max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(
+            f"the longest prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
+            f"{longest + cfg.max_new_tokens} exceeds the model's max_seq_len ({model.cfg.max_seq_len}); "
+            f"shorten the prompt or lower max_new_tokens"
+        )
+    device = next(model.parameters()).device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    B = len(prompts)
+    ids = torch.full((B, longest), pad_id, dtype=torch.long, device=device)  # (B, T) left-padded
+    mask = torch.zeros((B, longest), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
+        mask[row, longest - len(prompt):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): each row's first real token is position 0
+
+    cache = KVCache(model.cfg, B, longest + cfg.max_new_tokens) if use_cache else None
+    logits = model(ids, position_ids=positions, attention_mask=mask, kv_cache=cache)[:, -1]  # (B, V)
+
+    stop_ids = set(cfg.stop_ids)
+    results = [GenerationResult(tokens=[], finish_reason="length") for _ in prompts]
+    finished = [False] * B
+    for step in range(cfg.max_new_tokens):
+        next_ids = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)  # (B,)
+        for row, token in enumerate(next_ids.tolist()):
+            if finished[row]:
+                continue  # finished rows keep stepping with the batch; their samples are dropped
+            if token in stop_ids:
+                finished[row] = True
+                results[row].finish_reason = "stop"
+                continue
+            results[row].tokens.append(token)
+            if on_token is not None:
+                on_token(row, token)
+        if all(finished) or step == cfg.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        if use_cache:
+            logits = model(
+                next_ids[:, None], position_ids=positions[:, -1:], attention_mask=mask, kv_cache=cache
+            )[:, -1]
+        else:
+            ids = torch.cat([ids, next_ids[:, None]], dim=1)
+            logits = model(ids, position_ids=positions, attention_mask=mask)[:, -1]
+    return results

@@ -1,0 +1,291 @@
+"""The one training loop that pretraining, SFT, the reward model and DPO share.
+
+A stage supplies three things: `get_batch(step, micro_step) -> dict of tensors` (a pure function of
+the step, which is what makes resume exact), `loss_fn(model, batch) -> scalar loss`, and optionally
+`evaluate(model) -> dict of metrics`. The trainer owns everything else: optimizer, schedule,
+gradient accumulation, clipping, mixed precision, logging, checkpoints, Ctrl-C and resume.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from picochat.checkpoint import load_checkpoint_state, save_checkpoint
+from picochat.config import TrainConfig
+from picochat.io import MetricsLog
+from picochat.model import GPT
+from picochat.train.contention import StepTimeWatch
+from picochat.train.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
+from picochat.train.schedule import lr_at
+
+Batch = dict[str, torch.Tensor]
+
+
+class GracefulInterrupt:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step, so the checkpoint
+    it then saves is consistent (never mid optimizer step); a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort now)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    interrupted: bool
+    final_train_loss: float
+    eval_metrics: dict = field(default_factory=dict)
+    tokens: int = 0
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    mfu: float = 0.0
+    peak_memory_mb: float = 0.0
+    precision: str = "fp32"
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norm gains), fused where available."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: GPT,
+        cfg: TrainConfig,
+        out_dir: Path,
+        *,
+        get_batch: Callable[[int, int], Batch],
+        loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+        tokenizer_file: Path,
+        evaluate: Callable[[torch.nn.Module], dict] | None = None,
+        device: torch.device | None = None,
+        stage: str = "train",
+        show_progress: bool = True,
+    ):
+        cfg.validate()
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.get_batch = get_batch
+        self.loss_fn = loss_fn
+        self.evaluate_fn = evaluate
+        self.tokenizer_file = Path(tokenizer_file)
+        self.device = device or torch.device("cpu")
+        self.stage = stage
+        self.show_progress = show_progress
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.step = 0
+        self.loss_window: list[float] = []  # losses since the last log line (saved for exact resume)
+        self.tokens_seen = 0
+        self.tb = self._tensorboard() if cfg.tensorboard else None
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "loss_window": torch.tensor(self.loss_window, dtype=torch.float64),
+            "tokens_seen": self.tokens_seen,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save(self) -> None:
+        save_checkpoint(self.out_dir, self.model, self.tokenizer_file, self._state(), {"stage": self.stage})
+
+    def try_resume(self) -> bool:
+        """Load the latest checkpoint in out_dir, if any. Returns whether it resumed."""
+        found = load_checkpoint_state(self.out_dir)
+        if found is None:
+            return False
+        ckpt_dir, state = found
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(ckpt_dir / "model.safetensors"), strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.step = int(state["step"])
+        self.loss_window = [float(x) for x in state["loss_window"]]
+        self.tokens_seen = int(state["tokens_seen"])
+        self.metrics.truncate_after(self.step)
+        return True
+
+    # -- evaluation and logging --------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        with autocast(self.precision, self.device):
+            out = self.evaluate_fn(self.forward_model)
+        self.model.train()
+        return out
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("train.tensorboard=true needs `pip install 'picochat[tensorboard]'`") from e
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def _log(self, record: dict, bar) -> None:
+        self.metrics.write(record)
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{self.stage}/{k}", v, record["step"])
+        parts = [f"step {record['step']:>6}"]
+        for k in ("loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_per_s", "mfu"):
+            if k in record:
+                v = record[k]
+                parts.append(f"{k} {v:.3g}" if k != "tokens_per_s" else f"tok/s {v:,.0f}")
+        (bar.write if bar is not None else print)(" | ".join(parts))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        resumed = self.try_resume()
+        if resumed:
+            tqdm.write(f"[{self.stage}] resuming from step {self.step} (checkpoint in {self.out_dir})")
+        flops_per_token = self.model.flops_per_token(self._seq_len_hint())
+        peak_flops = measured_matmul_peak_flops(self.precision, self.device.type)
+        watch = StepTimeWatch(self.device)
+        self.model.train()
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc=self.stage, unit="step",
+            disable=not self.show_progress, dynamic_ncols=True,
+        )
+        t_start = time.perf_counter()
+        t_window, tokens_window, run_tokens = time.perf_counter(), 0, 0
+        eval_metrics: dict = {}
+        interrupted = False
+        last_loss = float("nan")
+        stop = GracefulInterrupt()
+        try:
+            while self.step < cfg.max_steps and not stop.requested:
+                t_step = time.perf_counter()
+                lr = lr_at(self.step, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum, step_tokens = 0.0, 0
+                for micro in range(cfg.grad_accum_steps):
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in self.get_batch(self.step, micro).items()}
+                    with autocast(self.precision, self.device):
+                        loss = self.loss_fn(self.forward_model, batch)
+                    (loss / cfg.grad_accum_steps).backward()
+                    loss_sum += loss.item()
+                    step_tokens += batch["input_ids"].numel()
+                if not math.isfinite(loss_sum):
+                    raise FloatingPointError(
+                        f"[{self.stage}] loss is {loss_sum} at step {self.step}; lower train.lr or use precision=fp32"
+                    )
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                ).item()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                last_loss = loss_sum / cfg.grad_accum_steps
+                self.loss_window.append(last_loss)
+                self.tokens_seen += step_tokens
+                tokens_window += step_tokens
+                run_tokens += step_tokens
+                watch.observe(time.perf_counter() - t_step, bar)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+
+                is_last = self.step == cfg.max_steps
+                record: dict = {}
+                if self.step % cfg.log_every == 0 or is_last:
+                    dt = time.perf_counter() - t_window
+                    tps = tokens_window / dt if dt > 0 else 0.0
+                    record = {
+                        "step": self.step,
+                        "loss": sum(self.loss_window) / len(self.loss_window),
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens": self.tokens_seen,
+                        "tokens_per_s": tps,
+                        "mfu": tps * flops_per_token / peak_flops,
+                        "elapsed_s": time.perf_counter() - t_start,
+                    }
+                    self.loss_window = []
+                    t_window, tokens_window = time.perf_counter(), 0
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or is_last:
+                    eval_metrics = self.evaluate()
+                    record = {"step": self.step, **record, **eval_metrics}
+                    t_window = time.perf_counter()  # evaluation time is not training throughput
+                if record:
+                    self._log(record, bar)
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or is_last or stop.requested:
+                    self.save()
+            if stop.requested:
+                interrupted = True
+                bar.write(f"[{self.stage}] interrupted at step {self.step}: checkpoint saved; rerun the same command to resume")
+        finally:
+            stop.restore()
+            bar.close()
+            if self.tb is not None:
+                self.tb.close()
+        wall = time.perf_counter() - t_start
+        tps = run_tokens / wall if wall > 0 else 0.0
+        return TrainResult(
+            step=self.step,
+            interrupted=interrupted,
+            final_train_loss=last_loss,
+            eval_metrics=eval_metrics,
+            tokens=self.tokens_seen,
+            wall_s=wall,
+            tokens_per_s=tps,
+            mfu=tps * flops_per_token / peak_flops,
+            peak_memory_mb=peak_memory_bytes(self.device) / 2**20,
+            precision=self.precision,
+        )
+
+    def _seq_len_hint(self) -> int:
+        probe = self.get_batch(self.step, 0)["input_ids"]
+        return probe.shape[-1]

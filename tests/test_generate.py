@@ -1,0 +1,113 @@
+"""Sampling and generation tests: greedy equivalences, filtering, seeds, stop ids."""
+
+import pytest
+import torch
+
+from picochat.generate import SamplingConfig, generate, sample_logits
+from picochat.model import GPT, ModelConfig
+
+PROMPTS = [[5, 9, 3, 17, 2, 40, 8], [11, 4], [33, 1, 60, 12]]
+
+
+def tiny_model(seed=0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=32)
+    kw.update(overrides)
+    return GPT(ModelConfig(**kw))
+
+
+def test_sample_logits_greedy_paths():
+    torch.manual_seed(0)
+    logits = torch.randn(8, 50)
+    argmax = logits.argmax(-1)
+    assert torch.equal(sample_logits(logits, temperature=0.0), argmax)
+    assert torch.equal(sample_logits(logits, temperature=1.0, top_k=1), argmax)
+    assert torch.equal(sample_logits(logits, temperature=1.0, top_p=1e-6), argmax)
+
+
+def test_sample_logits_seeded_reproducible():
+    logits = torch.randn(4, 50)
+    a = [sample_logits(logits, 1.0, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(a[0], a[1])
+
+
+def test_sample_logits_frequencies_follow_softmax():
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    logits = probs.log().expand(20000, 3)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_logits(logits, 1.0, generator=gen), minlength=3).float() / 20000
+    torch.testing.assert_close(counts, probs, atol=0.02, rtol=0)
+    # temperature 0.5 squares the odds: p ∝ p_i^2
+    sharp = probs**2 / (probs**2).sum()
+    counts = torch.bincount(sample_logits(logits, 0.5, generator=gen), minlength=3).float() / 20000
+    torch.testing.assert_close(counts, sharp, atol=0.02, rtol=0)
+
+
+def test_top_k_and_top_p_filter_the_right_tokens():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(4000, 4)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_logits(logits, 1.0, top_k=2, generator=gen).tolist()) == {0, 1}
+    # cumulative 0.5, 0.8, 0.95: top_p=0.8 keeps {0, 1}; top_p=0.81 keeps {0, 1, 2}
+    assert set(sample_logits(logits, 1.0, top_p=0.8, generator=gen).tolist()) == {0, 1}
+    assert set(sample_logits(logits, 1.0, top_p=0.81, generator=gen).tolist()) == {0, 1, 2}
+
+
+def test_greedy_cache_equals_no_cache_batched():
+    model = tiny_model()
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    cached = generate(model, PROMPTS, cfg, use_cache=True)
+    uncached = generate(model, PROMPTS, cfg, use_cache=False)
+    assert [r.tokens for r in cached] == [r.tokens for r in uncached]
+    assert all(len(r.tokens) == 12 and r.finish_reason == "length" for r in cached)
+
+
+def test_left_padded_batch_equals_each_prompt_alone():
+    model = tiny_model()
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    batched = generate(model, PROMPTS, cfg)
+    for prompt, result in zip(PROMPTS, batched):
+        assert generate(model, [prompt], cfg)[0].tokens == result.tokens
+
+
+def test_seeded_sampling_reproducible():
+    model = tiny_model()
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=123)
+    a = generate(model, PROMPTS, cfg)
+    torch.manual_seed(999)  # global RNG must not matter
+    b = generate(model, PROMPTS, cfg)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+
+
+def test_stop_ids_finish_rows_and_on_token_streams():
+    model = tiny_model()
+    greedy = generate(model, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0))
+    stop = greedy[0].tokens[2]  # row 0 will stop at (the first occurrence of) this token
+    streamed = []
+    results = generate(
+        model, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.0, stop_ids=(stop,)),
+        on_token=lambda row, tok: streamed.append((row, tok)),
+    )
+    for full, res in zip(greedy, results):
+        if stop in full.tokens:
+            assert res.finish_reason == "stop" and res.tokens == full.tokens[: full.tokens.index(stop)]
+        else:
+            assert res.finish_reason == "length" and res.tokens == full.tokens
+    assert results[0].finish_reason == "stop"
+    for row, res in enumerate(results):
+        assert [t for r, t in streamed if r == row] == res.tokens
+
+
+def test_all_rows_stop_ends_early():
+    model = tiny_model()
+    first = generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=1, temperature=0.0))[0].tokens[0]
+    res = generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=20, temperature=0.0, stop_ids=(first,)))
+    assert res[0].tokens == [] and res[0].finish_reason == "stop"
+
+
+def test_too_long_raises():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        generate(model, [[1] * 30], SamplingConfig(max_new_tokens=3))
+    generate(model, [[1] * 29], SamplingConfig(max_new_tokens=3))  # exactly fits
+    with pytest.raises(ValueError, match="head='lm'"):
+        generate(tiny_model(head="scalar"), [[1]], SamplingConfig())
