@@ -15,6 +15,7 @@ STAGE_HELP = {
     "world": "generate the built-in fictional world and its EN/ZH pretraining corpus",
     "tokenizer": "train the byte-level BPE tokenizer on the corpus",
     "pretrain": "pretrain the GPT on the corpus (next-token prediction)",
+    "sft": "supervised fine-tuning on chat demonstrations (assistant-token loss), with gold-score eval",
 }
 
 EPILOG = """\
@@ -45,13 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline (or --stages a,b)", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(run)
-    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain")
+    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft")
 
     for name, help_text in STAGE_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+
+    from picochat.chat_cli import add_chat_arguments
+
+    c = sub.add_parser("chat", help="chat with a model in the terminal",
+                       description="Multi-turn chat in the terminal; /reset starts over, /quit leaves.")
+    add_chat_arguments(c)
 
     s = sub.add_parser("sample", help="sample text from a trained model",
                        description="Continue a prompt with a trained model (batched KV-cache sampling).")
@@ -105,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             _cmd_sample(args)
             return 0
+        if args.command == "chat":
+            from picochat.chat_cli import cmd_chat
+
+            return cmd_chat(args)
         from picochat.pipeline import run_pipeline, run_stage
 
         if args.command == "run":

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from picochat.model import ModelConfig
-from picochat.world import WorldConfig
+from picochat.world import ChatTasksConfig, WorldConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 
@@ -97,6 +97,24 @@ class PretrainConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+def _sft_train_defaults() -> TrainConfig:
+    return TrainConfig(max_steps=300, batch_size=16, lr=1e-3, lr_warmup_steps=20, eval_every=100,
+                       eval_batches=8, log_every=10, ckpt_every=100)
+
+
+@dataclass
+class SFTConfig:
+    sources: list[str] = field(default_factory=list)  # chat JSONL files/dirs; empty = the world's chat tasks
+    init: str = ""  # model directory to start from; empty = <out>/pretrain
+    max_examples: int = 0  # read at most this many conversations per source (0 = all)
+    val_fraction: float = 0.05  # held-out share of your own data (world tasks have their own test split)
+    seq_len: int = 256  # conversations are cut to this many tokens
+    train: TrainConfig = field(default_factory=_sft_train_defaults)
+    eval_prompts: int = 300  # held-out world prompts answered for the gold score (0 = skip)
+    eval_samples: int = 4  # samples per prompt at temperature 1 (mean per sample and best-of-K)
+    eval_max_new_tokens: int = 96
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs. `model` is the architecture the run pretrains; later stages read
@@ -107,9 +125,12 @@ class RunConfig:
     tokenizer: TokenizerStageConfig = field(default_factory=TokenizerStageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    chat: ChatTasksConfig = field(default_factory=ChatTasksConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain dicts and lists (tuples become lists), ready for YAML/JSON."""
+        return _as_lists(dataclasses.asdict(self))
 
     def section_hash(self, *names: str) -> str:
         """A stable hash of some sections, used to tell whether a finished stage is still valid."""
@@ -136,6 +157,18 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check/convert `value` to the field type `annotation`, raising ConfigError naming `key`."""
     origin = typing.get_origin(annotation)
@@ -154,7 +187,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(value)
+        return _as_tuples(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -277,6 +310,7 @@ def build_config(
     if overrides:
         _apply(cfg, _dotted_to_nested(overrides))
     cfg.pretrain.train.validate()
+    cfg.sft.train.validate()
     try:
         cfg.model.validate()
     except ValueError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from picochat.config import RunConfig, save_config
-from picochat.io import atomic_write_json
+from picochat.io import MetricsLog, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,12 @@ class Stage:
 
 
 def _run_world(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.world import write_world
+    from picochat.world import build_world, write_chat_tasks, write_world
 
     t0 = time.perf_counter()
     summary = write_world(out / "world", cfg.world)
-    return {"stage": "world", **summary, "wall_s": time.perf_counter() - t0}
+    chat = write_chat_tasks(out / "world", build_world(cfg.world), cfg.chat)
+    return {"stage": "world", **summary, "chat_tasks": chat, "wall_s": time.perf_counter() - t0}
 
 
 def _tokenizer_training_texts(cfg: RunConfig, out: Path):
@@ -85,16 +86,31 @@ def _run_pretrain(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     return run_pretrain(cfg, out, show_progress)
 
 
+def _run_sft(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+    from picochat.train.sft import run_sft
+
+    return run_sft(cfg, out, show_progress)
+
+
+def _sft_line(s: dict) -> str:
+    line = f"val loss {s.get('val_loss', float('nan')):.3f}"
+    if "gold_score" in s:
+        line += (f", gold score greedy {s['gold_score']:.3f} / sampled {s['gold_score_sampled']:.3f} "
+                 f"(pretrained model: {s['gold_score_pretrained']:.3f})")
+    return line
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("world", ("world",), (), _run_world,
+        Stage("world", ("world", "chat"), (), _run_world,
               lambda s: f"{s['n_characters']} characters, {s['n_docs']:,} documents, {s['n_bytes'] / 1e6:.1f} MB"),
         Stage("tokenizer", ("tokenizer",), ("world",), _run_tokenizer,
               lambda s: f"vocab {s['vocab_size']}, {s['bytes_per_token']:.2f} bytes/token"),
         Stage("pretrain", ("model", "pretrain"), ("tokenizer",), _run_pretrain,
               lambda s: (f"val loss {s['val_loss']:.3f}, ppl {s['val_ppl']:.2f}, bpb {s['val_bpb']:.3f}, "
                          f"{s['tokens_per_s']:,.0f} tok/s ({s['precision']})")),
+        Stage("sft", ("sft",), ("pretrain", "world"), _run_sft, _sft_line),
     )
 }
 
@@ -112,6 +128,10 @@ def _reads_upstream(name: str, upstream: str, cfg: RunConfig) -> bool:
     """The tokenizer reads the world corpus only when no sources of its own are configured."""
     if name == "tokenizer" and upstream == "world":
         return not cfg.tokenizer.sources
+    if name == "sft" and upstream == "world":
+        return not cfg.sft.sources
+    if name == "sft" and upstream == "pretrain":
+        return not cfg.sft.init
     return True
 
 
@@ -150,6 +170,9 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
     save_config(cfg, out / "config.yaml")
     summary = stage.run(cfg, out, show_progress)
     summary["fingerprint"] = stage_fingerprint(name, cfg)
+    metrics = MetricsLog(stage_dir / "metrics.jsonl")
+    if not metrics.path.exists():  # stages without a training loop log their one result
+        metrics.write({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
     atomic_write_json(stage_dir / "summary.json", summary)
     print(f"[{name}] done: {stage.summary_line(summary)} -> {stage_dir}")
     return summary

@@ -14,7 +14,11 @@ TINY = [
     "world.n_characters=10", "world.n_places=5", "world.corpus_mb=0.2",
     "tokenizer.vocab_size=400",
     "model.d_model=48", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden=128",
-    "model.max_seq_len=64", "pretrain.seq_len=64",
+    "model.max_seq_len=128", "pretrain.seq_len=64",
+    "chat.n_train=300", "chat.n_test=60",
+    "sft.train.max_steps=12", "sft.train.batch_size=8", "sft.train.eval_every=6", "sft.train.eval_batches=2",
+    "sft.train.log_every=3", "sft.train.ckpt_every=6", "sft.eval_prompts=12", "sft.eval_samples=2",
+    "sft.eval_max_new_tokens=24",
     "pretrain.train.max_steps=30", "pretrain.train.batch_size=8", "pretrain.train.eval_every=15",
     "pretrain.train.eval_batches=2", "pretrain.train.log_every=5", "pretrain.train.ckpt_every=10",
     "pretrain.sample.max_new_tokens=12",
@@ -29,7 +33,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_writes_every_stage_with_summaries(run_dir):
-    for stage in ("world", "tokenizer", "pretrain"):
+    for stage in ("world", "tokenizer", "pretrain", "sft"):
         summary = json.loads((run_dir / stage / "summary.json").read_text())
         assert summary["stage"] == stage
     pre = json.loads((run_dir / "pretrain" / "summary.json").read_text())
@@ -39,6 +43,12 @@ def test_run_writes_every_stage_with_summaries(run_dir):
     assert (run_dir / "config.yaml").exists()
     assert (run_dir / "pretrain" / "model.safetensors").exists()
     assert (run_dir / "pretrain" / "samples.md").read_text().startswith("# Pretrained model samples")
+    sft = json.loads((run_dir / "sft" / "summary.json").read_text())
+    assert sft["steps"] == 12 and sft["n_train_conversations"] > 250
+    for key in ("gold_score", "gold_score_sampled", "gold_score_best_of_2", "gold_score_pretrained"):
+        assert 0.0 <= sft[key] <= 1.0
+    assert set(sft["gold"]["greedy_by_lang"]) == {"en", "zh"}
+    assert (run_dir / "sft" / "tokenizer_config.json").exists()
     lines = (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20, 25, 30]
 
@@ -46,12 +56,19 @@ def test_run_writes_every_stage_with_summaries(run_dir):
 def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, capsys):
     assert main(["run", "--out", str(run_dir), "--no-progress", *TINY]) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == 3
+    assert out.count("up to date") == 4
     # A pretraining change redoes pretraining only.
     assert main(["pretrain", "--out", str(run_dir), "--no-progress", *TINY, "train.max_steps=10"]) == 0
     out = capsys.readouterr().out
     assert "starting this stage over" in out
     assert json.loads((run_dir / "pretrain" / "summary.json").read_text())["steps"] == 10
+    # ... and SFT, which started from the old pretrained model, is now out of date.
+    from picochat.config import build_config
+    from picochat.pipeline import stage_status
+
+    cfg = build_config(preset=None, base_file=run_dir / "config.yaml")
+    assert stage_status("pretrain", cfg, run_dir) == "done"
+    assert stage_status("sft", cfg, run_dir) == "stale"
 
 
 def test_sample_command_continues_a_prompt(run_dir, capsys):
@@ -76,5 +93,44 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 
 def test_console_script_help_explains_commands():
     out = subprocess.run([sys.executable, "-m", "picochat", "--help"], capture_output=True, text=True, check=True).stdout
-    for word in ("run", "world", "tokenizer", "pretrain", "sample", "key=value"):
+    for word in ("run", "world", "tokenizer", "pretrain", "sft", "chat", "sample", "key=value"):
         assert word in out
+
+
+def test_hard_kill_then_rerun_reproduces_the_uninterrupted_run(tmp_path):
+    """SIGKILL (no chance to save) mid-run: the rerun resumes from the last periodic checkpoint
+    and its log matches an uninterrupted run exactly."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    import torch
+
+    args = [*TINY, "pretrain.train.max_steps=60", "pretrain.train.ckpt_every=5", "pretrain.train.eval_every=0",
+            "pretrain.train.threads=1"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert main(["run", "--out", str(clean), "--no-progress", "--stages", "world,tokenizer", *args]) == 0
+    shutil.copytree(clean, killed)
+    assert main(["pretrain", "--out", str(clean), "--no-progress", *args]) == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "picochat", "pretrain", "--out", str(killed), "--no-progress", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "pretrain" / "checkpoint" / "trainer_state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and torch.load(state, weights_only=True)["step"] >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "pretrain" / "summary.json").exists()
+
+    assert main(["pretrain", "--out", str(killed), "--no-progress", *args]) == 0
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "pretrain" / "metrics.jsonl").read_text().splitlines())]
+    assert losses(killed) == losses(clean)
+    a = json.loads((clean / "pretrain" / "summary.json").read_text())
+    b = json.loads((killed / "pretrain" / "summary.json").read_text())
+    assert a["val_loss"] == b["val_loss"] and a["samples"] == b["samples"]

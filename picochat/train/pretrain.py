@@ -131,7 +131,8 @@ def run_pretrain(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     model = GPT(mcfg)
     tcfg = pcfg.train
     print(
-        f"[pretrain] {model.num_params() / 1e6:.2f}M parameters, {meta.n_train_tokens:,} train tokens, "
+        f"[pretrain] {model.num_params() / 1e6:.2f}M parameters, "
+        f"{model.flops_per_token(pcfg.seq_len) / 1e6:.1f} MFLOPs/token (training), {meta.n_train_tokens:,} train tokens, "
         f"{meta.n_val_tokens:,} val tokens, {tcfg.max_steps} steps x {tcfg.batch_size * tcfg.grad_accum_steps} x {pcfg.seq_len} tokens"
     )
     trainer = Trainer(
@@ -158,6 +159,7 @@ def run_pretrain(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "stage": "pretrain",
         "params": model.num_params(),
         "params_non_embedding": model.num_params(exclude_embeddings=True),
+        "flops_per_token": model.flops_per_token(pcfg.seq_len),
         "steps": result.step,
         "tokens": result.tokens,
         "train_tokens_in_corpus": meta.n_train_tokens,

@@ -1,9 +1,15 @@
 """The built-in fictional world: characters and places with known facts (EN + ZH), and a
-pretraining corpus that states those facts in many phrasings, plus arithmetic text."""
+pretraining corpus that states those facts in many phrasings, plus arithmetic text; chat tasks
+about the same world (SFT demonstrations and held-out prompts) and the gold scorer that judges
+answers to them."""
 
 from picochat.world.corpus import fact_sentence, generate_corpus, question
 from picochat.world.entities import (
     ATTRIBUTES, Attribute, Character, Fact, Place, World, WorldConfig, build_world, iter_facts,
+)
+from picochat.world.gold import GoldScore, GoldScorer
+from picochat.world.tasks import (
+    ChatExample, ChatTasksConfig, generate_chat_tasks, read_chat_examples, write_chat_tasks,
 )
 from picochat.world.vocab import zh
 from picochat.world.writer import read_world, write_world
@@ -11,4 +17,6 @@ from picochat.world.writer import read_world, write_world
 __all__ = [
     "ATTRIBUTES", "Attribute", "Character", "Fact", "Place", "World", "WorldConfig", "build_world",
     "iter_facts", "zh", "generate_corpus", "fact_sentence", "question", "write_world", "read_world",
+    "ChatTasksConfig", "ChatExample", "generate_chat_tasks", "write_chat_tasks", "read_chat_examples",
+    "GoldScorer", "GoldScore",
 ]

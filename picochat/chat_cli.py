@@ -1,0 +1,178 @@
+"""`picochat chat`: talk to a trained model in the terminal, one turn after another.
+
+The whole conversation so far is rendered with the chat template every turn (no KV cache is
+kept between turns: simple, and cheap at picochat's sizes). The reply streams as it is sampled
+and stops at <|im_end|>. Typing `/reset` starts over (the system prompt stays); `/quit` or
+end of input (Ctrl-D) exits. Works the same when stdin is a pipe, which is how tests drive it:
+
+    printf 'hello\\n你好\\n' | picochat chat --ckpt runs/tiny/sft
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from picochat.chat import parse_response, render_prompt
+from picochat.generate import SamplingConfig, generate
+from picochat.model import GPT
+from picochat.tokenizer import Tokenizer
+from picochat.train.precision import autocast
+
+USER_MARK = "you> "
+BOT_MARK = "bot> "
+HELP = "(/reset starts a new conversation, /quit exits)"
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True,
+                        help="model directory, or a stage directory such as runs/tiny/sft")
+    parser.add_argument("--system", default=None, help="system prompt (kept across /reset)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 = off")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible replies")
+
+
+def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    """Load the model of `args.ckpt` and chat until /quit or end of input. Returns an exit code."""
+    from picochat.checkpoint import load_model_dir
+    from picochat.train.precision import default_device, resolve_precision
+
+    device = default_device()
+    model, meta = load_model_dir(args.ckpt, device)
+    model.eval()
+    tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens > model.cfg.max_seq_len // 2:
+        # A reply may not take the whole context: leave at least half of it for the conversation.
+        max_new_tokens = max(1, model.cfg.max_seq_len // 2)
+        stdout.write(f"(--max-new-tokens {args.max_new_tokens} is too long for this model's "
+                     f"{model.cfg.max_seq_len}-token context; using {max_new_tokens})\n")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)  # one seed for the session, so every turn differs but reruns repeat
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k if args.top_k and args.top_k > 0 else None,
+        top_p=args.top_p if args.top_p and args.top_p < 1 else None,
+        stop_ids=(tokenizer.im_end_id, tokenizer.eot_id),
+    )
+    chat_loop(model, tokenizer, sampling, args.system, stdin, stdout, resolve_precision("auto", device))
+    return 0
+
+
+def fit_history(tokenizer: Tokenizer, system: str | None, history: list[dict], max_prompt_tokens: int
+                ) -> tuple[list[int] | None, int]:
+    """Drop the oldest turns of `history` (in place) until the prompt fits max_prompt_tokens.
+
+    Returns (prompt ids or None if even the last user message alone does not fit, turns dropped).
+    The system prompt is never dropped; a turn is a user message and the reply that follows it.
+    """
+    head = [{"role": "system", "content": system}] if system else []
+    dropped = 0
+    while True:
+        prompt = render_prompt(tokenizer, head + history)
+        if len(prompt) <= max_prompt_tokens:
+            return prompt, dropped
+        if len(history) <= 1:
+            return None, dropped
+        del history[0]  # the oldest user message ...
+        if len(history) > 1 and history[0]["role"] == "assistant":
+            del history[0]  # ... and the reply to it
+        dropped += 1
+
+
+class _Streamer:
+    """Prints a reply as tokens arrive without ever splitting a UTF-8 character.
+
+    One Chinese character is often 2-3 byte tokens; decoding a prefix that ends mid-character
+    gives a trailing "\\ufffd". So decode the whole reply so far and print only the new part,
+    holding back a trailing "\\ufffd" until the character is complete.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stdout: TextIO):
+        self.tokenizer, self.stdout = tokenizer, stdout
+        self.tokens: list[int] = []
+        self.printed = ""
+
+    def _emit(self, text: str) -> None:
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            self.stdout.write(text[len(self.printed):])
+            self.stdout.flush()
+            self.printed = text
+
+    def on_token(self, row: int, token: int) -> None:
+        self.tokens.append(token)
+        self._emit(parse_response(self.tokenizer, self.tokens).rstrip("\ufffd"))
+
+    def finish(self) -> str:
+        text = parse_response(self.tokenizer, self.tokens)
+        self._emit(text)  # anything held back (an incomplete character at the very end)
+        return text
+
+
+def chat_loop(model: GPT, tokenizer: Tokenizer, sampling: SamplingConfig, system: str | None,
+              stdin: TextIO, stdout: TextIO, precision: str) -> None:
+    """Read user lines from stdin and answer each, keeping the conversation, until /quit or EOF."""
+    device = next(model.parameters()).device
+    max_prompt_tokens = model.cfg.max_seq_len - sampling.max_new_tokens
+    # A terminal shows what the user types; piped input is not shown, so echo it for a readable log.
+    echo = not (hasattr(stdin, "isatty") and stdin.isatty())
+    history: list[dict] = []
+    stdout.write(HELP + "\n")
+    while True:
+        stdout.write(USER_MARK)
+        stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n")
+            return
+        if not line:  # end of input
+            stdout.write("\n")
+            return
+        text = line.rstrip("\r\n")
+        if echo:
+            stdout.write(text + "\n")
+        command = text.strip()
+        if not command:
+            continue
+        if command == "/quit":
+            return
+        if command == "/reset":
+            history.clear()
+            stdout.write("(conversation cleared)\n")
+            continue
+
+        history.append({"role": "user", "content": command})
+        prompt, dropped = fit_history(tokenizer, system, history, max_prompt_tokens)
+        if prompt is None:
+            history.pop()
+            stdout.write(f"(that message is too long for this model's {model.cfg.max_seq_len}-token "
+                         f"context with replies of up to {sampling.max_new_tokens} tokens; "
+                         "please shorten it)\n")
+            continue
+        if dropped:
+            stdout.write(f"(the conversation is longer than the model's context; "
+                         f"forgot the oldest {dropped} turn{'s' if dropped > 1 else ''})\n")
+
+        stdout.write(BOT_MARK)
+        stdout.flush()
+        streamer = _Streamer(tokenizer, stdout)
+        try:
+            with autocast(precision, device):
+                generate(model, [prompt], sampling, pad_id=tokenizer.pad_id,
+                         on_token=streamer.on_token)
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
+            history.pop()
+            stdout.write("\n(interrupted)\n")
+            continue
+        reply = streamer.finish()
+        history.append({"role": "assistant", "content": reply})
+        stdout.write("\n")

@@ -1,0 +1,213 @@
+"""Supervised fine-tuning: teach the pretrained GPT to answer in the chat format.
+
+Loss is next-token cross entropy on assistant tokens only (their content and <|im_end|>); the
+system and user turns are context. Examples are padded, not packed: chat examples here are short
+(tens of tokens), so padding to the longest example of a batch wastes little, while packing would
+need a block-diagonal attention mask to keep examples from attending to each other, which costs
+SDPA its fast causal path on CPU. Pads sit on the right, where causal attention never lets a real
+token see them, and their targets are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from picochat.chat import render_chat
+from picochat.checkpoint import load_model_dir, write_model_dir
+from picochat.config import RunConfig
+from picochat.data.shards import is_val_document
+from picochat.io import atomic_write_text
+from picochat.model import lm_loss
+from picochat.tokenizer import Tokenizer
+from picochat.train.precision import default_device
+from picochat.train.trainer import Trainer
+
+IGNORE = -100
+
+
+def tokenize_conversations(tokenizer: Tokenizer, conversations, seq_len: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """[(ids, loss_mask)] for each conversation, cut to seq_len + 1 tokens; also the number cut.
+
+    A conversation whose assistant tokens all fall past the cut is dropped (it would teach nothing).
+    """
+    out, n_cut = [], 0
+    for messages in conversations:
+        ids, mask = render_chat(tokenizer, messages)
+        if len(ids) > seq_len + 1:
+            n_cut += 1
+            ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+        if sum(mask[1:]) == 0:
+            continue
+        out.append((np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.bool_)))
+    return out, n_cut
+
+
+def pad_batch(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids (B, T) and targets (B, T) with IGNORE where the
+    next token is not an assistant token (or is padding)."""
+    T = max(len(ids) for ids, _ in examples) - 1
+    input_ids = np.full((len(examples), T), pad_id, dtype=np.int64)
+    targets = np.full((len(examples), T), IGNORE, dtype=np.int64)
+    for row, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        input_ids[row, :n] = ids[:-1]
+        targets[row, :n] = np.where(mask[1:], ids[1:], IGNORE)
+    return {"input_ids": torch.from_numpy(input_ids), "targets": torch.from_numpy(targets)}
+
+
+def sft_batch(examples, batch_size: int, pad_id: int, seed: int, step: int, micro: int) -> dict[str, torch.Tensor]:
+    """A random batch, a pure function of (seed, step, micro) for exact resume."""
+    rng = np.random.default_rng([seed, step, micro])
+    idx = rng.integers(0, len(examples), size=batch_size)
+    return pad_batch([examples[i] for i in idx], pad_id)
+
+
+def make_val_loss(val_examples, batch_size: int, pad_id: int, max_examples: int):
+    batches = [pad_batch(val_examples[i : i + batch_size], pad_id)
+               for i in range(0, min(len(val_examples), max_examples), batch_size)]
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for b in batches:
+            logits = model(b["input_ids"].to(device))
+            n = int((b["targets"] != IGNORE).sum())
+            total += lm_loss(logits, b["targets"].to(device)).item() * n
+            count += n
+        return {"val_loss": total / max(1, count), "val_ppl": math.exp(min(50.0, total / max(1, count)))}
+
+    return evaluate
+
+
+def load_sft_data(cfg: RunConfig, out: Path):
+    """(train conversations, val conversations, held-out ChatExamples or None).
+
+    Built-in: the world's chat tasks (train/test split by prompt). Own data: JSONL files (OpenAI
+    messages, Alpaca, ShareGPT), split into train/val by a hash of each conversation.
+    """
+    scfg = cfg.sft
+    if not scfg.sources:
+        from picochat.world import read_chat_examples
+
+        train = read_chat_examples(out / "world" / "chat_train.jsonl")
+        test = read_chat_examples(out / "world" / "chat_test.jsonl")
+        return [list(e.messages) for e in train], [list(e.messages) for e in test], test
+    from picochat.data.chat_data import iter_conversations
+
+    train, val = [], []
+    for source in scfg.sources:
+        for conv in iter_conversations(source, limit=scfg.max_examples):
+            key = json.dumps(conv, ensure_ascii=False, sort_keys=True)
+            (val if is_val_document(key, scfg.val_fraction) else train).append(conv)
+    if not train:
+        raise ValueError(f"no training conversations in {', '.join(scfg.sources)}")
+    return train, val, None
+
+
+def held_out_subset(examples: list, n: int) -> list:
+    """Every k-th held-out example, so all task types and languages are represented."""
+    if len(examples) <= n:
+        return list(examples)
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]
+
+
+def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    from picochat.eval.gold_eval import evaluate_gold
+
+    out = Path(out)
+    scfg = cfg.sft
+    stage_dir = out / "sft"
+    init_dir = Path(scfg.init) if scfg.init else out / "pretrain"
+    device = default_device()
+    t0 = time.perf_counter()
+    model, meta = load_model_dir(init_dir, device)
+    tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
+    tokenizer = Tokenizer.load(tokenizer_file)
+    seq_len = min(scfg.seq_len, model.cfg.max_seq_len)
+
+    train_convs, val_convs, held_out = load_sft_data(cfg, out)
+    train, n_cut = tokenize_conversations(tokenizer, train_convs, seq_len)
+    val, _ = tokenize_conversations(tokenizer, val_convs, seq_len)
+    n_assistant = sum(int(m.sum()) for _, m in train)
+    print(f"[sft] {len(train):,} train / {len(val):,} held-out conversations from "
+          f"{', '.join(scfg.sources) or 'the world chat tasks'}; {n_assistant:,} assistant tokens"
+          + (f"; {n_cut} cut to {seq_len + 1} tokens" if n_cut else ""))
+
+    tcfg = scfg.train
+    trainer = Trainer(
+        model, tcfg, stage_dir,
+        get_batch=lambda step, micro: sft_batch(train, tcfg.batch_size, tokenizer.pad_id, tcfg.seed, step, micro),
+        loss_fn=lambda m, b: lm_loss(m(b["input_ids"]), b["targets"]),
+        evaluate=make_val_loss(val, tcfg.batch_size, tokenizer.pad_id, tcfg.eval_batches * tcfg.batch_size) if val else None,
+        tokenizer_file=tokenizer_file, device=device, stage="sft", show_progress=show_progress,
+    )
+    result = trainer.fit()
+    if result.interrupted:
+        raise KeyboardInterrupt
+    write_model_dir(stage_dir, model, tokenizer_file, {"stage": "sft", "step": result.step, "init": str(init_dir)})
+    from picochat.chat import write_tokenizer_config
+
+    write_tokenizer_config(stage_dir)
+
+    summary = {
+        "stage": "sft",
+        "init": str(init_dir),
+        "n_train_conversations": len(train),
+        "n_val_conversations": len(val),
+        "steps": result.step,
+        "tokens": result.tokens,
+        "final_train_loss": result.final_train_loss,
+        **result.eval_metrics,
+        "tokens_per_s": result.tokens_per_s,
+        "mfu": result.mfu,
+        "precision": result.precision,
+        "peak_memory_mb": result.peak_memory_mb,
+        "train_wall_s": result.wall_s,
+    }
+    if held_out is not None and scfg.eval_prompts > 0:
+        summary.update(_gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device,
+                                     trainer.precision, show_progress, stage_dir, evaluate_gold))
+    summary["wall_s"] = time.perf_counter() - t0
+    return summary
+
+
+def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precision, show_progress,
+                  stage_dir, evaluate_gold) -> dict:
+    """Gold scores of the SFT model and, for comparison, of the model SFT started from."""
+    from picochat.world import GoldScorer, read_world
+
+    scfg = cfg.sft
+    world, _ = read_world(out / "world" / "world.json")
+    scorer = GoldScorer(world)
+    examples = held_out_subset(held_out, scfg.eval_prompts)
+    kwargs = dict(precision=precision, max_new_tokens=scfg.eval_max_new_tokens, n_samples=scfg.eval_samples,
+                  seed=cfg.sft.train.seed, show_progress=show_progress)
+    after = evaluate_gold(model, tokenizer, examples, scorer, label="sft", **kwargs)
+    base_model, _ = load_model_dir(init_dir, device)
+    before = evaluate_gold(base_model, tokenizer, examples, scorer, label="pretrained", **kwargs)
+    k = scfg.eval_samples
+    lines = ["# SFT model answers to held-out prompts (greedy)\n"]
+    for ex_after, ex_before in list(zip(after["examples"], before["examples"]))[:12]:
+        lines.append(f"## [{ex_after['task']}/{ex_after['lang']}] {ex_after['prompt']}\n\n"
+                     f"- **SFT** (gold {ex_after['score']:.2f}): {ex_after['answer']}\n"
+                     f"- **pretrained** (gold {ex_before['score']:.2f}): {ex_before['answer'][:200]}\n")
+    atomic_write_text(stage_dir / "samples.md", "\n".join(lines))
+    for ex in after["examples"][:6]:
+        print(f"  user: {ex['prompt']}\n  sft:  {ex['answer']}   (gold {ex['score']:.2f})")
+    summary = {
+        "gold_score": after["greedy"],
+        "gold_score_sampled": after.get("sampled"),
+        f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
+        "gold_score_pretrained": before["greedy"],
+        "gold_score_pretrained_sampled": before.get("sampled"),
+        "gold": {k2: v for k2, v in after.items() if k2 != "examples"},
+        "gold_pretrained": {k2: v for k2, v in before.items() if k2 != "examples"},
+    }
+    return summary
