@@ -16,6 +16,8 @@ STAGE_HELP = {
     "tokenizer": "train the byte-level BPE tokenizer on the corpus",
     "pretrain": "pretrain the GPT on the corpus (next-token prediction)",
     "sft": "supervised fine-tuning on chat demonstrations (assistant-token loss), with gold-score eval",
+    "label": "human feedback: sample K answers per prompt from the SFT model and rank them (--auto: built-in labeler)",
+    "rm": "train the reward model on the rankings (pairwise loss over all pairs of a prompt)",
 }
 
 EPILOG = """\
@@ -46,19 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline (or --stages a,b)", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(run)
-    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft")
+    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm")
 
     for name, help_text in STAGE_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
+        if name == "label":
+            p.add_argument("--auto", action="store_true",
+                           help="rank with the built-in labeler (the gold scorer plus simulated annotator noise)")
 
     from picochat.chat_cli import add_chat_arguments
 
     c = sub.add_parser("chat", help="chat with a model in the terminal",
                        description="Multi-turn chat in the terminal; /reset starts over, /quit leaves.")
     add_chat_arguments(c)
+
+    sc = sub.add_parser("score", help="score answers with a reward model",
+                        description="Score (prompt, response) pairs with a trained reward model (normalised scores).")
+    sc.add_argument("--ckpt", required=True, help="reward model directory, e.g. runs/tiny/rm")
+    sc.add_argument("--prompt", help="the user message")
+    sc.add_argument("--response", action="append", help="a response to score (repeat to compare several)")
+    sc.add_argument("--file", help="JSONL of preference records or {\"prompt\", \"response\"} lines; scores go to stdout")
+    sc.add_argument("--raw", action="store_true", help="print raw scores, without the fitted normalisation")
 
     s = sub.add_parser("sample", help="sample text from a trained model",
                        description="Continue a prompt with a trained model (batched KV-cache sampling).")
@@ -112,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             _cmd_sample(args)
             return 0
+        if args.command == "score":
+            from picochat.score_cli import cmd_score
+
+            return cmd_score(args)
+        if args.command == "label" and not args.auto:
+            raise ValueError("human ranking happens in the labeling web page, which is not built yet; "
+                             "use `picochat label --auto` for the built-in labeler")
         if args.command == "chat":
             from picochat.chat_cli import cmd_chat
 

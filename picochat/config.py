@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from picochat.feedback.autolabel import LabelConfig
 from picochat.model import ModelConfig
 from picochat.world import ChatTasksConfig, WorldConfig
 
@@ -115,6 +116,32 @@ class SFTConfig:
     eval_max_new_tokens: int = 96
 
 
+def _rm_train_defaults() -> TrainConfig:
+    return TrainConfig(max_steps=300, batch_size=8, lr=3e-4, lr_warmup_steps=20, eval_every=100,
+                       eval_batches=1, log_every=10, ckpt_every=100)
+
+
+@dataclass
+class RMConfig:
+    sources: list[str] = field(default_factory=list)  # preference JSONL files/dirs; empty = <out>/label/
+    init: str = ""  # model directory to start from; empty = <out>/sft
+    max_records: int = 0  # read at most this many records (0 = all)
+    val_fraction: float = 0.1  # held-out share of your own data (the built-in labels have a test file)
+    seq_len: int = 256  # prompt + response tokens per row
+    loss: str = "auto"  # auto | pairwise (InstructGPT) | best_of_k (Ziegler et al.) | mse | bce (scalar labels)
+    head_init_std: float = 1e-3  # the new scalar head starts close to "no opinion"
+    normalize: str = "bias_gain"  # fit so SFT samples score mean 0 (bias) and std 1 (gain) | bias | none
+    normalize_on: int = 2000  # prompts whose SFT samples the normalisation is fitted on
+    train: TrainConfig = field(default_factory=_rm_train_defaults)  # train.batch_size = prompts per micro-batch
+
+    def validate(self) -> None:
+        if self.loss not in ("auto", "pairwise", "best_of_k", "mse", "bce"):
+            raise ConfigError(f"rm.loss must be auto, pairwise, best_of_k, mse or bce, got {self.loss!r}")
+        if self.normalize not in ("bias_gain", "bias", "none"):
+            raise ConfigError(f"rm.normalize must be bias_gain, bias or none, got {self.normalize!r}")
+        self.train.validate()
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs. `model` is the architecture the run pretrains; later stages read
@@ -127,6 +154,8 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     chat: ChatTasksConfig = field(default_factory=ChatTasksConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts and lists (tuples become lists), ready for YAML/JSON."""
@@ -311,6 +340,7 @@ def build_config(
         _apply(cfg, _dotted_to_nested(overrides))
     cfg.pretrain.train.validate()
     cfg.sft.train.validate()
+    cfg.rm.validate()
     try:
         cfg.model.validate()
     except ValueError as e:

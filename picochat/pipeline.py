@@ -100,6 +100,44 @@ def _sft_line(s: dict) -> str:
     return line
 
 
+def _run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+    from picochat.checkpoint import load_model_dir
+    from picochat.feedback.autolabel import label_prompts, world_label_prompts
+    from picochat.tokenizer import Tokenizer
+    from picochat.train.precision import default_device, resolve_precision
+    from picochat.world import GoldScorer, read_world
+
+    t0 = time.perf_counter()
+    device = default_device()
+    model, meta = load_model_dir(out / "sft", device)
+    tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
+    scorer = GoldScorer(read_world(out / "world" / "world.json")[0])
+    precision = resolve_precision("auto", device)
+    lcfg = cfg.label
+    summaries = {}
+    for split, n, name in (("train", lcfg.n_prompts, "preferences.jsonl"), ("test", lcfg.n_test_prompts, "preferences_test.jsonl")):
+        prompts = world_label_prompts(out / "world", split, n, lcfg.seed)
+        print(f"[label] ranking {lcfg.k} SFT answers to each of {len(prompts)} {split} prompts (built-in labeler, "
+              f"flip_prob={lcfg.flip_prob})")
+        summaries[split] = label_prompts(model, tokenizer, scorer, prompts, out / "label" / name, lcfg, precision,
+                                         show_progress=show_progress)
+    return {"stage": "label", **summaries["train"], "test": summaries["test"], "wall_s": time.perf_counter() - t0}
+
+
+def _run_rm(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+    from picochat.train.reward import run_rm
+
+    return run_rm(cfg, out, show_progress)
+
+
+def _rm_line(s: dict) -> str:
+    line = f"held-out pair accuracy {s.get('pair_accuracy', float('nan')):.3f}"
+    if "gold_pair_accuracy" in s:
+        line += (f", vs gold ordering {s['gold_pair_accuracy']:.3f} "
+                 f"(labels agree with gold on {s['label_gold_agreement']:.3f})")
+    return line
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -111,6 +149,10 @@ STAGES: dict[str, Stage] = {
               lambda s: (f"val loss {s['val_loss']:.3f}, ppl {s['val_ppl']:.2f}, bpb {s['val_bpb']:.3f}, "
                          f"{s['tokens_per_s']:,.0f} tok/s ({s['precision']})")),
         Stage("sft", ("sft",), ("pretrain", "world"), _run_sft, _sft_line),
+        Stage("label", ("label",), ("sft", "world"), _run_label,
+              lambda s: (f"{s['n_prompts']} prompts x {s['k']} answers, mean gold {s['mean_gold']:.3f}, "
+                         f"labels agree with gold on {s['pair_agreement_with_gold']:.3f} of pairs")),
+        Stage("rm", ("rm",), ("label", "sft"), _run_rm, _rm_line),
     )
 }
 
@@ -132,6 +174,10 @@ def _reads_upstream(name: str, upstream: str, cfg: RunConfig) -> bool:
         return not cfg.sft.sources
     if name == "sft" and upstream == "pretrain":
         return not cfg.sft.init
+    if name == "rm" and upstream == "label":
+        return not cfg.rm.sources
+    if name == "rm" and upstream == "sft":
+        return not cfg.rm.init
     return True
 
 

@@ -19,6 +19,9 @@ TINY = [
     "sft.train.max_steps=12", "sft.train.batch_size=8", "sft.train.eval_every=6", "sft.train.eval_batches=2",
     "sft.train.log_every=3", "sft.train.ckpt_every=6", "sft.eval_prompts=12", "sft.eval_samples=2",
     "sft.eval_max_new_tokens=24",
+    "label.n_prompts=24", "label.n_test_prompts=12", "label.max_new_tokens=24", "label.batch_prompts=8",
+    "rm.train.max_steps=10", "rm.train.batch_size=4", "rm.train.eval_every=5", "rm.train.log_every=5",
+    "rm.train.ckpt_every=5",
     "pretrain.train.max_steps=30", "pretrain.train.batch_size=8", "pretrain.train.eval_every=15",
     "pretrain.train.eval_batches=2", "pretrain.train.log_every=5", "pretrain.train.ckpt_every=10",
     "pretrain.sample.max_new_tokens=12",
@@ -33,7 +36,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_writes_every_stage_with_summaries(run_dir):
-    for stage in ("world", "tokenizer", "pretrain", "sft"):
+    for stage in ("world", "tokenizer", "pretrain", "sft", "label", "rm"):
         summary = json.loads((run_dir / stage / "summary.json").read_text())
         assert summary["stage"] == stage
     pre = json.loads((run_dir / "pretrain" / "summary.json").read_text())
@@ -49,6 +52,14 @@ def test_run_writes_every_stage_with_summaries(run_dir):
         assert 0.0 <= sft[key] <= 1.0
     assert set(sft["gold"]["greedy_by_lang"]) == {"en", "zh"}
     assert (run_dir / "sft" / "tokenizer_config.json").exists()
+    label = json.loads((run_dir / "label" / "summary.json").read_text())
+    assert label["n_prompts"] == 24 and label["k"] == 4 and label["test"]["n_prompts"] == 12
+    lines = (run_dir / "label" / "preferences.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 24 and all(len(json.loads(x)["responses"]) == 4 for x in lines)
+    rm = json.loads((run_dir / "rm" / "summary.json").read_text())
+    assert rm["steps"] == 10 and rm["loss"] == "pairwise"
+    assert 0 <= rm["pair_accuracy"] <= 1 and 0 <= rm["gold_pair_accuracy"] <= 1
+    assert rm["calibration"] and abs(rm["normalization"]["gain"]) > 0
     lines = (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20, 25, 30]
 
@@ -56,7 +67,7 @@ def test_run_writes_every_stage_with_summaries(run_dir):
 def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, capsys):
     assert main(["run", "--out", str(run_dir), "--no-progress", *TINY]) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == 4
+    assert out.count("up to date") == 6
     # A pretraining change redoes pretraining only.
     assert main(["pretrain", "--out", str(run_dir), "--no-progress", *TINY, "train.max_steps=10"]) == 0
     out = capsys.readouterr().out
@@ -134,3 +145,52 @@ def test_hard_kill_then_rerun_reproduces_the_uninterrupted_run(tmp_path):
     a = json.loads((clean / "pretrain" / "summary.json").read_text())
     b = json.loads((killed / "pretrain" / "summary.json").read_text())
     assert a["val_loss"] == b["val_loss"] and a["samples"] == b["samples"]
+
+
+def test_sft_on_a_public_instruction_set_through_the_same_reader(run_dir, tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "sft_en" / "llamafactory_alpaca_en_demo.jsonl.gz"
+    if not data.exists():
+        pytest.skip(f"{data} not present")
+    out = tmp_path / "alpaca"
+    args = [f"init={run_dir / 'pretrain'}", f"sources={data}", "max_examples=60", "val_fraction=0.2",
+            "train.max_steps=4", "train.batch_size=4", "train.eval_every=2", "train.eval_batches=2", "train.log_every=1",
+            "seq_len=96"]
+    assert main(["sft", "--out", str(out), "--no-progress", *TINY, *args]) == 0
+    summary = json.loads((out / "sft" / "summary.json").read_text())
+    assert summary["n_conversations_read"] == 60
+    assert summary["n_train_conversations"] + summary["n_val_conversations"] + summary["n_dropped"] == 60
+    assert summary["n_train_conversations"] > 30
+    assert summary["val_loss"] > 0 and "gold_score" not in summary  # no world, no gold scorer
+    assert (out / "sft" / "model.safetensors").exists()
+
+
+def test_score_command_ranks_answers_with_the_reward_model(run_dir, tmp_path, capsys):
+    assert main(["score", "--ckpt", str(run_dir / "rm"), "--prompt", "What is 2 + 3?",
+                 "--response", "2 + 3 = 5.", "--response", "No."]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(float(x.split()[0]) == float(x.split()[0]) for x in lines)
+    f = tmp_path / "answers.jsonl"
+    f.write_text('{"prompt": "Hi", "response": "Hello!"}\n{"prompt": "Hi", "chosen": "a", "rejected": "b"}\n',
+                 encoding="utf-8")
+    assert main(["score", "--ckpt", str(run_dir / "rm"), "--file", str(f)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [len(r["scores"]) for r in rows] == [1, 2]
+    f.write_text('{"prompt": "Hi", "response": "Hello!"}\n{"prompt": broken\n', encoding="utf-8")
+    assert main(["score", "--ckpt", str(run_dir / "rm"), "--file", str(f)]) == 2
+    assert "answers.jsonl, line 2" in capsys.readouterr().err
+    assert main(["score", "--ckpt", str(run_dir / "sft"), "--prompt", "x", "--response", "y"]) == 2
+    assert "not a reward model" in capsys.readouterr().err
+
+
+def test_chat_command_through_a_pipe(run_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "picochat", "chat", "--ckpt", str(run_dir / "sft"), "--max-new-tokens", "8",
+         "--seed", "0", "--system", "Be brief."],
+        input="What is 2 + 3?\n米拉住在哪里？\n/reset\nhello\n/quit\n", capture_output=True, text=True,
+        encoding="utf-8", timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("bot> ") == 3
+    assert "(conversation cleared)" in proc.stdout

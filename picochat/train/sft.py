@@ -159,6 +159,9 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     summary = {
         "stage": "sft",
         "init": str(init_dir),
+        "n_conversations_read": len(train_convs) + len(val_convs),
+        "n_dropped": len(train_convs) + len(val_convs) - len(train) - len(val),  # nothing to learn within seq_len
+        "n_cut": n_cut,
         "n_train_conversations": len(train),
         "n_val_conversations": len(val),
         "steps": result.step,

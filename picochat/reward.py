@@ -1,0 +1,92 @@
+"""Reward models: how a (prompt, response) pair becomes a scalar, and how scores are normalised.
+
+A reward model is a GPT whose LM head is replaced by a scalar head (`GPT.set_head("scalar")`). It
+reads the conversation rendered with the chat template and its score is the head's output at the
+last real token of the response: `<|im_end|>` when the response finished, its last token when it
+was cut off (so the model can tell an answer that never ended). Raw-text inputs (scalar-label
+data such as movie reviews) are `<|endoftext|>` + text.
+
+After training, a gain and bias are fitted so that SFT samples score mean 0 and std 1; they are
+stored in the checkpoint's config.json and applied by every consumer through `RewardModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from picochat.chat import render_chat
+from picochat.model import GPT
+from picochat.tokenizer import Tokenizer
+
+
+def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: str, finished: bool = True,
+                     max_len: int | None = None) -> tuple[list[int], bool]:
+    """Token ids a reward model reads for one response, and whether they were cut to max_len."""
+    if prompt is None:
+        ids = [tokenizer.eot_id] + tokenizer.encode(response)
+    else:
+        ids, _ = render_chat(tokenizer, list(prompt) + [{"role": "assistant", "content": response}])
+        ids = ids[:-len(tokenizer.encode("\n"))]  # drop the separator after <|im_end|>: the score sits on it
+        if not finished:
+            ids = ids[:-1]  # no <|im_end|>: the response was cut off
+    cut = max_len is not None and len(ids) > max_len
+    if cut:
+        ids = ids[:max_len]
+    return ids, cut
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (N, T), last_index (N,)): right padding, index of each row's last real token."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
+    return ids, last
+
+
+def scores_at(model: torch.nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    """Scalar-head output at each row's last real token: (N,). Right padding needs no attention
+    mask: causal attention never lets a real token see the pads after it."""
+    per_position = model(input_ids)  # (N, T)
+    return per_position.float().gather(1, last_index[:, None]).squeeze(1)
+
+
+@dataclass
+class RewardModel:
+    """A scalar-head GPT plus its normalisation: reward = gain * raw + bias."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    gain: float = 1.0
+    bias: float = 0.0
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
+        from picochat.checkpoint import load_model_dir
+
+        model, meta = load_model_dir(path, device)
+        if model.cfg.head != "scalar":
+            raise ValueError(f"{meta['model_dir']} is not a reward model (its head is {model.cfg.head!r}); "
+                             "train one with `picochat rm`")
+        norm = meta.get("reward_normalization", {})
+        tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
+        model.eval()
+        return cls(model, tokenizer, float(norm.get("gain", 1.0)), float(norm.get("bias", 0.0)))
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[dict] | None], responses: list[str], finished: list[bool] | None = None,
+              batch_size: int = 32, normalized: bool = True) -> list[float]:
+        finished = finished or [True] * len(responses)
+        device = next(self.model.parameters()).device
+        rows = [reward_input_ids(self.tokenizer, p, r, f, self.model.cfg.max_seq_len)[0]
+                for p, r, f in zip(prompts, responses, finished)]
+        out: list[float] = []
+        for start in range(0, len(rows), batch_size):
+            ids, last = pad_right(rows[start : start + batch_size], self.tokenizer.pad_id)
+            raw = scores_at(self.model, ids.to(device), last.to(device))
+            out.extend((raw * self.gain + self.bias if normalized else raw).tolist())
+        return out

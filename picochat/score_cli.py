@@ -1,0 +1,54 @@
+"""`picochat score`: score answers with a reward model, from the command line or a JSONL file.
+
+    picochat score --ckpt runs/tiny/rm --prompt "What is 2 + 3?" --response "5." --response "7."
+    picochat score --ckpt runs/tiny/rm --file answers.jsonl > scored.jsonl
+
+A file may hold preference records (every response of each record is scored, in order) or lines
+`{"prompt": str | messages, "response": str}`. Output: one JSON line per input line with "scores".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import sys
+
+from picochat.data.preferences import parse_record
+from picochat.data.readers import CorpusError, _iter_lines
+
+
+def _prompt_messages(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def cmd_score(args, stdout=sys.stdout) -> int:
+    from picochat.reward import RewardModel
+    from picochat.train.precision import default_device
+
+    rm = RewardModel.load(args.ckpt, default_device())
+    normalized = not args.raw
+    if args.file:
+        for line_no, line in _iter_lines(Path(args.file)):
+            if not line.strip():
+                continue
+            where = f"{args.file}, line {line_no}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(args.file, f"invalid JSON ({e.msg})", line_no) from None
+            if isinstance(obj, dict) and "response" in obj and "prompt" in obj:
+                prompt, responses = _prompt_messages(obj["prompt"]), [obj["response"]]
+                if not isinstance(obj["response"], str):
+                    raise CorpusError(args.file, "'response' must be a string", line_no)
+            else:
+                record = parse_record(obj, where)
+                prompt, responses = record.prompt, record.responses
+            scores = rm.score([prompt] * len(responses), responses, normalized=normalized)
+            stdout.write(json.dumps({**(obj if isinstance(obj, dict) else {}), "scores": scores}, ensure_ascii=False) + "\n")
+        return 0
+    if not args.prompt or not args.response:
+        raise ValueError("give --prompt and at least one --response, or --file")
+    scores = rm.score([_prompt_messages(args.prompt)] * len(args.response), args.response, normalized=normalized)
+    for response, score in sorted(zip(args.response, scores), key=lambda x: -x[1]):
+        stdout.write(f"{score:+.3f}  {response}\n")
+    return 0

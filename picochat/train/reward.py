@@ -1,0 +1,274 @@
+"""Reward-model training (`picochat rm`): learn to predict which answer people prefer.
+
+The SFT model's LM head is replaced by a small scalar head. A batch holds whole prompts: all K
+responses of each prompt are scored in one forward pass, and the loss averages over every ranked
+pair of that prompt (InstructGPT). After training, a gain and bias are fitted so that the SFT
+samples of the training data score mean 0 and std 1; every consumer applies them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from picochat.checkpoint import load_model_dir, write_model_dir
+from picochat.config import RunConfig
+from picochat.data.preferences import PreferenceRecord, prompt_key, read_preferences
+from picochat.data.shards import is_val_document
+from picochat.reward import pad_right, reward_input_ids, scores_at
+from picochat.tokenizer import Tokenizer
+from picochat.train.precision import autocast, default_device
+from picochat.train.reward_loss import best_of_k_loss, pairwise_loss, scalar_loss
+from picochat.train.trainer import Trainer
+
+
+class EncodedRecord:
+    """One preference record as token rows, ready for batching."""
+
+    def __init__(self, record: PreferenceRecord, tokenizer: Tokenizer, seq_len: int):
+        finished = record.meta.get("finished") or [True] * len(record.responses)
+        encoded = [reward_input_ids(tokenizer, record.prompt, r, bool(f), seq_len)
+                   for r, f in zip(record.responses, finished)]
+        self.rows = [ids for ids, _ in encoded]
+        self.n_cut = sum(cut for _, cut in encoded)
+        self.pairs = record.pairs() if record.ranking is not None else []
+        self.best = set(record.ranking[0]) if record.ranking else set()
+        self.label = record.label
+        gold = record.meta.get("gold_ranking")
+        self.gold_pairs = _pairs_of(gold) if gold else None
+
+
+def _pairs_of(groups: list[list[int]]) -> list[tuple[int, int]]:
+    return [(w, l) for i, gw in enumerate(groups) for gl in groups[i + 1 :] for w in gw for l in gl]
+
+
+def collate(records: list[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor]:
+    """Flatten the responses of several prompts into rows; pairs index rows of the same prompt."""
+    rows, row_prompt, winners, losers, pair_prompt, is_best, labels = [], [], [], [], [], [], []
+    for p, rec in enumerate(records):
+        offset = len(rows)
+        rows.extend(rec.rows)
+        row_prompt.extend([p] * len(rec.rows))
+        is_best.extend(i in rec.best for i in range(len(rec.rows)))
+        labels.extend([rec.label if rec.label is not None else 0.0] * len(rec.rows))
+        for w, l in rec.pairs:
+            winners.append(offset + w)
+            losers.append(offset + l)
+            pair_prompt.append(p)
+    input_ids, last = pad_right(rows, pad_id)
+    return {
+        "input_ids": input_ids,  # (N, T)
+        "last_index": last,  # (N,)
+        "row_prompt": torch.tensor(row_prompt, dtype=torch.long),
+        "is_best": torch.tensor(is_best, dtype=torch.bool),
+        "labels": torch.tensor(labels, dtype=torch.float32),
+        "winners": torch.tensor(winners, dtype=torch.long),
+        "losers": torch.tensor(losers, dtype=torch.long),
+        "pair_prompt": torch.tensor(pair_prompt, dtype=torch.long),
+        "n_prompts": torch.tensor(len(records)),
+    }
+
+
+def reward_loss(model: torch.nn.Module, batch: dict, kind: str) -> torch.Tensor:
+    scores = scores_at(model, batch["input_ids"], batch["last_index"])  # (N,)
+    n = int(batch["n_prompts"])
+    if kind == "pairwise":
+        return pairwise_loss(scores, batch["winners"], batch["losers"], batch["pair_prompt"], n)
+    if kind == "best_of_k":
+        return best_of_k_loss(scores, batch["row_prompt"], batch["is_best"], n)
+    return scalar_loss(scores, batch["labels"], kind)
+
+
+@torch.no_grad()
+def score_records(model, records: list[EncodedRecord], pad_id: int, batch_prompts: int = 16) -> list[list[float]]:
+    """Raw scores of every response of every record: [[r_1..r_K] per record]."""
+    device = next(model.parameters()).device
+    out: list[list[float]] = []
+    for start in range(0, len(records), batch_prompts):
+        chunk = records[start : start + batch_prompts]
+        b = collate(chunk, pad_id)
+        s = scores_at(model, b["input_ids"].to(device), b["last_index"].to(device)).tolist()
+        i = 0
+        for rec in chunk:
+            out.append(s[i : i + len(rec.rows)])
+            i += len(rec.rows)
+    return out
+
+
+def pair_metrics(records: list[EncodedRecord], scores: list[list[float]]) -> dict:
+    """Accuracy and log loss on the labelled pairs, accuracy on the gold pairs (when known),
+    the labels' own agreement with gold (the noise ceiling), and chosen/rejected score spreads."""
+    acc, logloss, margins_w, margins_l = [], [], [], []
+    gold_acc, label_vs_gold = [], []
+    for rec, s in zip(records, scores):
+        for w, l in rec.pairs:
+            d = s[w] - s[l]
+            acc.append(d > 0)
+            logloss.append(-math.log(max(1e-12, 1 / (1 + math.exp(-d)))) if d > -30 else -d)
+            margins_w.append(s[w])
+            margins_l.append(s[l])
+        if rec.gold_pairs is not None:
+            labelled = set(rec.pairs)
+            for w, l in rec.gold_pairs:
+                gold_acc.append(s[w] > s[l])
+                label_vs_gold.append((w, l) in labelled)
+    out: dict = {}
+    if acc:
+        out.update({
+            "pair_accuracy": statistics.fmean(acc),
+            "pair_log_loss": statistics.fmean(logloss),
+            "n_pairs": len(acc),
+            "chosen_score_mean": statistics.fmean(margins_w),
+            "rejected_score_mean": statistics.fmean(margins_l),
+            "chosen_score_std": statistics.pstdev(margins_w),
+            "rejected_score_std": statistics.pstdev(margins_l),
+        })
+    if gold_acc:
+        out.update({
+            "gold_pair_accuracy": statistics.fmean(gold_acc),
+            "label_gold_agreement": statistics.fmean(label_vs_gold),  # the noise ceiling for pair_accuracy
+            "n_gold_pairs": len(gold_acc),
+        })
+    labels = [(rec.label, s[0]) for rec, s in zip(records, scores) if rec.label is not None]
+    if labels:
+        out["scalar_mse"] = statistics.fmean((y - p) ** 2 for y, p in labels)
+    return out
+
+
+def calibration_table(records: list[EncodedRecord], scores: list[list[float]], n_bins: int = 10) -> list[dict]:
+    """Predicted P(first preferred) = σ(r_a − r_b) vs how often the label agrees, over all labelled
+    pairs in both orders, binned by prediction. A calibrated model's rows have predicted ≈ observed."""
+    preds, outcomes = [], []
+    for rec, s in zip(records, scores):
+        for w, l in rec.pairs:
+            p = 1 / (1 + math.exp(-max(-30.0, min(30.0, s[w] - s[l]))))
+            preds += [p, 1 - p]
+            outcomes += [1, 0]
+    table = []
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        idx = [i for i, p in enumerate(preds) if lo <= p < hi or (b == n_bins - 1 and p == 1.0)]
+        if idx:
+            table.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": len(idx),
+                          "predicted": statistics.fmean(preds[i] for i in idx),
+                          "observed": statistics.fmean(outcomes[i] for i in idx)})
+    return table
+
+
+def fit_normalization(scores: list[list[float]], fit_gain: bool) -> tuple[float, float]:
+    """(gain, bias) so that gain * raw + bias has mean 0 (and std 1 when fit_gain) over `scores`."""
+    flat = [x for s in scores for x in s]
+    mean = statistics.fmean(flat)
+    std = statistics.pstdev(flat) if fit_gain else 1.0
+    gain = 1.0 / std if std > 1e-8 else 1.0
+    return gain, -mean * gain
+
+
+def load_rm_data(cfg: RunConfig, out: Path) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
+    rcfg = cfg.rm
+    if not rcfg.sources:
+        train, problems = read_preferences(out / "label" / "preferences.jsonl", skip_invalid=True)
+        test, more = read_preferences(out / "label" / "preferences_test.jsonl", skip_invalid=True)
+        return train, test, problems + more
+    records, problems = read_preferences(rcfg.sources, limit=rcfg.max_records, skip_invalid=True)
+    train, test = [], []
+    for r in records:
+        key = prompt_key(r.prompt) + "".join(r.responses[:1])
+        (test if is_val_document(key, rcfg.val_fraction) else train).append(r)
+    return train, test, problems
+
+
+def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    out = Path(out)
+    rcfg = cfg.rm
+    stage_dir = out / "rm"
+    init_dir = Path(rcfg.init) if rcfg.init else out / "sft"
+    device = default_device()
+    t0 = time.perf_counter()
+    model, meta = load_model_dir(init_dir, device)
+    tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
+    tokenizer = Tokenizer.load(tokenizer_file)
+    torch.manual_seed(rcfg.train.seed)
+    model.set_head("scalar")
+    torch.nn.init.normal_(model.score.weight, std=rcfg.head_init_std)  # small: start from no opinion
+    seq_len = min(rcfg.seq_len, model.cfg.max_seq_len)
+
+    train_records, test_records, problems = load_rm_data(cfg, out)
+    for p in problems[:5]:
+        print(f"[rm] skipped: {p}")
+    if problems:
+        print(f"[rm] {len(problems)} invalid record(s) skipped in total")
+    kind = rcfg.loss
+    if kind == "auto":
+        kind = "mse" if train_records[0].ranking is None else "pairwise"
+    train = [EncodedRecord(r, tokenizer, seq_len) for r in train_records]
+    test = [EncodedRecord(r, tokenizer, seq_len) for r in test_records]
+    if kind in ("pairwise", "best_of_k"):
+        train = [r for r in train if r.pairs]  # prompts whose K answers all tied teach nothing
+    if not train:
+        raise ValueError("no usable training records for the reward model (every prompt's answers tied?)")
+    n_cut = sum(r.n_cut for r in train)
+    print(f"[rm] {len(train):,} train / {len(test):,} held-out prompts, "
+          f"{sum(len(r.rows) for r in train):,} responses, {sum(len(r.pairs) for r in train):,} pairs, loss={kind}"
+          + (f"; {n_cut} responses cut to {seq_len} tokens" if n_cut else ""))
+
+    tcfg = rcfg.train
+
+    def get_batch(step: int, micro: int) -> dict:
+        rng = np.random.default_rng([tcfg.seed, step, micro])
+        idx = rng.integers(0, len(train), size=tcfg.batch_size)  # prompts per micro-batch
+        return collate([train[i] for i in idx], tokenizer.pad_id)
+
+    def evaluate(m) -> dict:
+        if not test:
+            return {}
+        metrics = pair_metrics(test, score_records(m, test, tokenizer.pad_id))
+        return {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+
+    trainer = Trainer(
+        model, tcfg, stage_dir, get_batch=get_batch, loss_fn=lambda m, b: reward_loss(m, b, kind),
+        evaluate=evaluate, tokenizer_file=tokenizer_file, device=device, stage="rm", show_progress=show_progress,
+    )
+    result = trainer.fit()
+    if result.interrupted:
+        raise KeyboardInterrupt
+
+    model.eval()
+    with autocast(trainer.precision, device):
+        train_scores = score_records(model, train[: rcfg.normalize_on], tokenizer.pad_id)
+        test_scores = score_records(model, test, tokenizer.pad_id) if test else []
+    gain, bias = fit_normalization(train_scores, fit_gain=rcfg.normalize == "bias_gain")
+    if rcfg.normalize == "none":
+        gain, bias = 1.0, 0.0
+    write_model_dir(stage_dir, model, tokenizer_file, {
+        "stage": "rm", "step": result.step, "init": str(init_dir), "loss": kind,
+        "reward_normalization": {"gain": gain, "bias": bias, "fitted_on": "SFT samples of the training prompts"},
+    })
+    normalized_test = [[gain * x + bias for x in s] for s in test_scores]
+    held_out = pair_metrics(test, normalized_test) if test else {}
+    summary = {
+        "stage": "rm",
+        "init": str(init_dir),
+        "loss": kind,
+        "n_train_prompts": len(train),
+        "n_test_prompts": len(test),
+        "n_invalid_records": len(problems),
+        "steps": result.step,
+        "tokens": result.tokens,
+        "final_train_loss": result.final_train_loss,
+        **held_out,
+        "calibration": calibration_table(test, normalized_test) if test else [],
+        "normalization": {"gain": gain, "bias": bias},
+        "tokens_per_s": result.tokens_per_s,
+        "mfu": result.mfu,
+        "precision": result.precision,
+        "peak_memory_mb": result.peak_memory_mb,
+        "train_wall_s": result.wall_s,
+        "wall_s": time.perf_counter() - t0,
+    }
+    return summary

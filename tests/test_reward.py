@@ -1,0 +1,105 @@
+"""Reward model: losses against hand-computed values, K-wise batching, score position, normalisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from picochat.data.preferences import PreferenceRecord
+from picochat.model import GPT, ModelConfig
+from picochat.reward import pad_right, reward_input_ids, scores_at
+from picochat.train.reward import EncodedRecord, collate, fit_normalization, pair_metrics, reward_loss
+from picochat.train.reward_loss import best_of_k_loss, pairwise_loss, scalar_loss
+
+
+def test_pairwise_loss_matches_hand_computed_values():
+    scores = torch.tensor([1.0, 0.0, -1.0, 0.5, 0.5])
+    # prompt 0: responses 0 > 1 > 2 (3 pairs, margins 1, 2, 1); prompt 1: response 3 > 4 (margin 0)
+    winners, losers = torch.tensor([0, 0, 1, 3]), torch.tensor([1, 2, 2, 4])
+    pair_prompt = torch.tensor([0, 0, 0, 1])
+    nl = lambda x: -math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+    expected = ((nl(1) * 2 + nl(2)) / 3 + math.log(2)) / 2  # mean over prompts of per-prompt means
+    assert pairwise_loss(scores, winners, losers, pair_prompt, 2).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.47215, abs=1e-4)
+
+
+def test_best_of_k_and_scalar_losses():
+    scores = torch.tensor([2.0, 0.0, 0.0, 1.0, 1.0])
+    row_prompt = torch.tensor([0, 0, 0, 1, 1])
+    is_best = torch.tensor([True, False, False, True, True])  # prompt 1: all tied -> skipped
+    expected = -(2 - math.log(math.exp(2) + 2))
+    assert best_of_k_loss(scores, row_prompt, is_best, 2).item() == pytest.approx(expected, abs=1e-6)
+    assert scalar_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 3.0]), "mse").item() == pytest.approx(0.5)
+    assert scalar_loss(torch.tensor([0.0]), torch.tensor([1.0]), "bce").item() == pytest.approx(math.log(2))
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(world_tokenizer):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64 * ((world_tokenizer.vocab_size + 63) // 64), d_model=32, n_layers=2,
+                            n_heads=2, n_kv_heads=2, ffn_hidden=64, max_seq_len=128, head="scalar"))
+    return model.eval()
+
+
+PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
+ANSWERS = ["2 + 3 = 5.", "It is 6.", "Five, I think, maybe.", "7"]
+
+
+def test_k_wise_batching_equals_the_explicit_pair_list(tiny_rm, world_tokenizer):
+    kwise = PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [2], [1], [3]])
+    pairs = [PreferenceRecord(prompt=PROMPT, responses=[ANSWERS[w], ANSWERS[l]], ranking=[[0], [1]])
+             for w, l in kwise.pairs()]
+    assert len(pairs) == 6
+    enc = lambda rs: [EncodedRecord(r, world_tokenizer, 128) for r in rs]  # noqa: E731
+    with torch.no_grad():
+        a = reward_loss(tiny_rm, collate(enc([kwise]), world_tokenizer.pad_id), "pairwise")
+        b = reward_loss(tiny_rm, collate(enc(pairs), world_tokenizer.pad_id), "pairwise")
+    assert a.item() == pytest.approx(b.item(), abs=1e-5)
+
+
+def test_ties_are_dropped_when_pairing(world_tokenizer):
+    rec = PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [1, 2], [3]])
+    assert sorted(EncodedRecord(rec, world_tokenizer, 128).pairs) == [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]
+
+
+def test_score_is_read_at_the_last_real_token_whatever_the_padding(tiny_rm, world_tokenizer):
+    tok = world_tokenizer
+    rows = [reward_input_ids(tok, PROMPT, a)[0] for a in ANSWERS]
+    assert all(r[-1] == tok.im_end_id for r in rows)  # finished answers end on <|im_end|>
+    unfinished, _ = reward_input_ids(tok, PROMPT, ANSWERS[0], finished=False)
+    assert unfinished == rows[0][:-1]
+    with torch.no_grad():
+        alone = [scores_at(tiny_rm, torch.tensor([r]), torch.tensor([len(r) - 1])).item() for r in rows]
+        ids, last = pad_right(rows, tok.pad_id)
+        right = scores_at(tiny_rm, ids, last).tolist()
+        # Left padding with an attention mask: the last column is every row's last real token.
+        T = ids.shape[1]
+        left = torch.full((len(rows), T), tok.pad_id)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for i, r in enumerate(rows):
+            left[i, T - len(r):] = torch.tensor(r)
+            mask[i, T - len(r):] = 1
+        left_scores = tiny_rm(left, attention_mask=mask)[:, -1].tolist()
+    assert right == pytest.approx(alone, abs=1e-5)
+    assert left_scores == pytest.approx(alone, abs=1e-5)
+
+
+def test_normalization_gives_mean_zero_std_one():
+    scores = [[1.0, 2.0, 3.0], [4.0, 5.0]]
+    gain, bias = fit_normalization(scores, fit_gain=True)
+    flat = [gain * x + bias for s in scores for x in s]
+    assert sum(flat) / len(flat) == pytest.approx(0.0, abs=1e-9)
+    assert (sum(x * x for x in flat) / len(flat)) == pytest.approx(1.0)
+    gain, bias = fit_normalization(scores, fit_gain=False)
+    assert gain == 1.0 and bias == pytest.approx(-3.0)
+
+
+def test_pair_metrics_against_gold_and_noise_ceiling(world_tokenizer):
+    # Labels say 1 > 0 (a flipped annotator); gold says 0 > 1. The model agrees with gold.
+    rec = PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]],
+                           meta={"gold_ranking": [[0], [1]]})
+    m = pair_metrics([EncodedRecord(rec, world_tokenizer, 128)], [[1.0, 0.0]])
+    assert m["pair_accuracy"] == 0.0 and m["gold_pair_accuracy"] == 1.0 and m["label_gold_agreement"] == 0.0
+    assert m["pair_log_loss"] == pytest.approx(-math.log(1 / (1 + math.e)))
