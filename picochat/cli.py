@@ -18,6 +18,8 @@ STAGE_HELP = {
     "sft": "supervised fine-tuning on chat demonstrations (assistant-token loss), with gold-score eval",
     "label": "human feedback: sample K answers per prompt from the SFT model and rank them (--auto: built-in labeler)",
     "rm": "train the reward model on the rankings (pairwise loss over all pairs of a prompt)",
+    "ppo": "RLHF: optimise the SFT policy against the reward model with PPO and a KL penalty to SFT",
+    "dpo": "direct preference optimisation on the same rankings: the cheaper alternative to RM + PPO",
 }
 
 EPILOG = """\
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline (or --stages a,b)", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(run)
-    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm")
+    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm,ppo,dpo")
 
     for name, help_text in STAGE_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,

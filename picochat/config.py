@@ -142,6 +142,100 @@ class RMConfig:
         self.train.validate()
 
 
+def _ppo_train_defaults() -> TrainConfig:
+    return TrainConfig(max_steps=60, batch_size=16, lr=5e-5, lr_warmup_steps=5, log_every=5, ckpt_every=10,
+                       grad_clip=1.0, weight_decay=0.0)
+
+
+@dataclass
+class PPOConfig:
+    init: str = ""  # policy start and frozen reference; empty = <out>/sft
+    reward_model: str = ""  # empty = <out>/rm
+    value_init: str = ""  # value model start; empty = the reward model
+    prompts: list[str] = field(default_factory=list)  # preference/chat JSONL whose prompts to use; empty = world
+    rollout_prompts: int = 64  # prompts (one response each) per iteration
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # rollout temperature, also used for the training log-probs
+    no_eos_penalty: float = -1.0  # added to the score of a response that never ended
+    kl_coef: float = 0.05  # β of the per-token KL penalty to the SFT model
+    adaptive_kl: bool = False  # Ziegler et al.'s controller towards kl_target
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    kl_estimator: str = "k1"  # k1 (in the reward, as InstructGPT) | k3
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_rewards: bool = False
+    epochs: int = 4  # PPO epochs over each rollout batch
+    minibatch_size: int = 16  # rows per optimizer step (split into train.grad_accum_steps micro-batches)
+    clip_range: float = 0.2
+    vf_clip_range: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss on <out>/pretrain/data (0 = off)
+    ptx_batch_size: int = 8
+    eval_prompts: int = 300  # held-out world prompts for the final gold/KL evaluation (0 = skip)
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 96
+    # train.max_steps = PPO iterations; train.lr/betas/grad_clip/grad_accum_steps/log_every/ckpt_every/seed
+    # /precision apply; train.batch_size is unused (see rollout_prompts and minibatch_size).
+    train: TrainConfig = field(default_factory=_ppo_train_defaults)
+
+    @property
+    def iterations(self) -> int:
+        return self.train.max_steps
+
+    @property
+    def precision(self) -> str:
+        return self.train.precision
+
+    def validate(self) -> None:
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ConfigError(f"ppo.kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.temperature <= 0:
+            raise ConfigError("ppo.temperature must be > 0 (the policy's log-probs are taken at this temperature)")
+        if self.rollout_prompts < 1 or self.minibatch_size < 1 or self.epochs < 1:
+            raise ConfigError("ppo.rollout_prompts, minibatch_size and epochs must be >= 1")
+        self.train.validate()
+
+
+def _dpo_train_defaults() -> TrainConfig:
+    # lr: DPO moves the SFT model by small, targeted amounts; the paper tunes at ~10x below the
+    # SFT lr (1e-6 vs ~1e-5 for its models), so 1e-4 here against SFT's 1e-3. weight_decay 0:
+    # the anchor is the reference model, and decay would pull the weights towards zero instead.
+    return TrainConfig(max_steps=200, batch_size=16, lr=1e-4, lr_warmup_steps=20, weight_decay=0.0,
+                       eval_every=50, eval_batches=4, log_every=10, ckpt_every=50)
+
+
+@dataclass
+class DPOConfig:
+    sources: list[str] = field(default_factory=list)  # preference files/dirs; empty = <out>/label/ (+ its test file)
+    init: str = ""  # policy start and reference model; empty = <out>/sft
+    beta: float = 0.1  # KL strength: the implicit reward is beta * (log pi - log pi_ref)
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo (Azar et al.)
+    label_smoothing: float = 0.0  # cDPO: assumed probability that a label is flipped (sigmoid only)
+    max_records: int = 0  # read at most this many records (0 = all)
+    val_fraction: float = 0.1  # held-out share of your own data (the built-in labels have a test file)
+    seq_len: int = 256  # prompt + response tokens per row
+    train: TrainConfig = field(default_factory=_dpo_train_defaults)  # train.batch_size = pairs per micro-batch
+    eval_prompts: int = 300  # held-out prompts for the gold score and the KL (0 = skip both)
+    eval_samples: int = 4  # gold eval: samples per prompt at temperature 1 (mean per sample and best-of-K)
+    eval_max_new_tokens: int = 96
+    kl_samples: int = 1  # KL to the reference: samples per held-out prompt
+
+    def validate(self) -> None:
+        if self.loss not in ("sigmoid", "ipo"):
+            raise ConfigError(f"dpo.loss must be sigmoid or ipo, got {self.loss!r}")
+        if self.beta <= 0:
+            raise ConfigError(f"dpo.beta must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ConfigError("dpo.label_smoothing applies to loss=sigmoid only; set it to 0 for ipo")
+        if self.kl_samples < 1:
+            raise ConfigError(f"dpo.kl_samples must be >= 1, got {self.kl_samples}")
+        self.train.validate()
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs. `model` is the architecture the run pretrains; later stages read
@@ -156,6 +250,8 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts and lists (tuples become lists), ready for YAML/JSON."""
@@ -341,6 +437,8 @@ def build_config(
     cfg.pretrain.train.validate()
     cfg.sft.train.validate()
     cfg.rm.validate()
+    cfg.ppo.validate()
+    cfg.dpo.validate()
     try:
         cfg.model.validate()
     except ValueError as e:

@@ -138,6 +138,28 @@ def _rm_line(s: dict) -> str:
     return line
 
 
+def _run_ppo(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+    from picochat.train.ppo import run_ppo
+
+    return run_ppo(cfg, out, show_progress)
+
+
+def _policy_line(s: dict) -> str:
+    if "gold_score" not in s:
+        return f"{s.get('iterations', s.get('steps'))} steps"
+    g = s.get("gold_gain_sampled") or {}
+    return (f"gold score greedy {s['gold_score']:.3f} / sampled {s['gold_score_sampled']:.3f} "
+            f"(SFT {s['gold_score_sft']:.3f} / {s['gold_score_sft_sampled']:.3f}; sampled gain "
+            f"{g.get('mean', float('nan')):+.3f}, 95% CI [{g.get('ci95', [0, 0])[0]:+.3f}, {g.get('ci95', [0, 0])[1]:+.3f}]), "
+            f"KL to SFT {s['kl']:.2f}")
+
+
+def _run_dpo(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+    from picochat.train.dpo import run_dpo
+
+    return run_dpo(cfg, out, show_progress)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -153,6 +175,8 @@ STAGES: dict[str, Stage] = {
               lambda s: (f"{s['n_prompts']} prompts x {s['k']} answers, mean gold {s['mean_gold']:.3f}, "
                          f"labels agree with gold on {s['pair_agreement_with_gold']:.3f} of pairs")),
         Stage("rm", ("rm",), ("label", "sft"), _run_rm, _rm_line),
+        Stage("ppo", ("ppo",), ("sft", "rm", "world"), _run_ppo, _policy_line),
+        Stage("dpo", ("dpo",), ("sft", "label", "world"), _run_dpo, _policy_line),
     )
 }
 
@@ -178,6 +202,10 @@ def _reads_upstream(name: str, upstream: str, cfg: RunConfig) -> bool:
         return not cfg.rm.sources
     if name == "rm" and upstream == "sft":
         return not cfg.rm.init
+    if name == "ppo":
+        return {"sft": not cfg.ppo.init, "rm": not cfg.ppo.reward_model, "world": not cfg.ppo.prompts}[upstream]
+    if name == "dpo":
+        return {"sft": not cfg.dpo.init, "label": not cfg.dpo.sources, "world": not cfg.dpo.sources}[upstream]
     return True
 
 

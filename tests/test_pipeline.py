@@ -22,6 +22,10 @@ TINY = [
     "label.n_prompts=24", "label.n_test_prompts=12", "label.max_new_tokens=24", "label.batch_prompts=8",
     "rm.train.max_steps=10", "rm.train.batch_size=4", "rm.train.eval_every=5", "rm.train.log_every=5",
     "rm.train.ckpt_every=5",
+    "ppo.train.max_steps=3", "ppo.rollout_prompts=8", "ppo.minibatch_size=4", "ppo.max_new_tokens=16",
+    "ppo.eval_prompts=8", "ppo.eval_samples=1", "ppo.eval_max_new_tokens=16", "ppo.train.ckpt_every=2",
+    "dpo.train.max_steps=4", "dpo.train.batch_size=4", "dpo.train.eval_every=2", "dpo.train.log_every=2",
+    "dpo.eval_prompts=8", "dpo.eval_samples=1", "dpo.eval_max_new_tokens=16",
     "pretrain.train.max_steps=30", "pretrain.train.batch_size=8", "pretrain.train.eval_every=15",
     "pretrain.train.eval_batches=2", "pretrain.train.log_every=5", "pretrain.train.ckpt_every=10",
     "pretrain.sample.max_new_tokens=12",
@@ -36,7 +40,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_writes_every_stage_with_summaries(run_dir):
-    for stage in ("world", "tokenizer", "pretrain", "sft", "label", "rm"):
+    for stage in ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo"):
         summary = json.loads((run_dir / stage / "summary.json").read_text())
         assert summary["stage"] == stage
     pre = json.loads((run_dir / "pretrain" / "summary.json").read_text())
@@ -60,6 +64,17 @@ def test_run_writes_every_stage_with_summaries(run_dir):
     assert rm["steps"] == 10 and rm["loss"] == "pairwise"
     assert 0 <= rm["pair_accuracy"] <= 1 and 0 <= rm["gold_pair_accuracy"] <= 1
     assert rm["calibration"] and abs(rm["normalization"]["gain"]) > 0
+    for stage in ("ppo", "dpo"):
+        summary = json.loads((run_dir / stage / "summary.json").read_text())
+        for key in ("gold_score", "gold_score_sampled", "gold_score_sft", "kl"):
+            assert isinstance(summary[key], float), (stage, key)
+        assert (run_dir / stage / "model.safetensors").exists()
+    ppo_log = [json.loads(x) for x in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in ppo_log] == [1, 2, 3]
+    for key in ("rm_score", "gold_score", "kl", "kl_coef", "entropy", "response_length", "eos_rate", "approx_kl",
+                "clipfrac", "ratio_mean", "ratio_var", "value_loss", "explained_variance",
+                "rollout_tokens_per_s", "train_tokens_per_s"):
+        assert key in ppo_log[-1], key
     lines = (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20, 25, 30]
 
@@ -67,7 +82,7 @@ def test_run_writes_every_stage_with_summaries(run_dir):
 def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, capsys):
     assert main(["run", "--out", str(run_dir), "--no-progress", *TINY]) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == 6
+    assert out.count("up to date") == 8
     # A pretraining change redoes pretraining only.
     assert main(["pretrain", "--out", str(run_dir), "--no-progress", *TINY, "train.max_steps=10"]) == 0
     out = capsys.readouterr().out

@@ -104,6 +104,7 @@ def evaluate_gold(
             f"best_of_{n_samples}": statistics.fmean(best),
             f"best_of_{n_samples}_by_task": _group_means(best, tasks),
             "n_samples": n_samples,
+            "sampled_per_prompt": [statistics.fmean(s) for s in per_prompt],  # for paired comparisons
         })
     result["examples"] = [
         {"task": e.task, "lang": e.lang, "prompt": p[-1]["content"], "answer": text, "score": s}

@@ -210,7 +210,7 @@ def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precis
         f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
         "gold_score_pretrained": before["greedy"],
         "gold_score_pretrained_sampled": before.get("sampled"),
-        "gold": {k2: v for k2, v in after.items() if k2 != "examples"},
-        "gold_pretrained": {k2: v for k2, v in before.items() if k2 != "examples"},
+        "gold": {k2: v for k2, v in after.items() if k2 not in ("examples", "sampled_per_prompt")},
+        "gold_pretrained": {k2: v for k2, v in before.items() if k2 not in ("examples", "sampled_per_prompt")},
     }
     return summary

@@ -1,0 +1,93 @@
+"""Rollouts for RLHF: sample responses from the policy and lay them out for scoring and training.
+
+A rollout batch is a (B, P + R) tensor: each prompt left-padded to width P, each response
+right-padded to width R, so response token j of every row sits in column P + j and the logits
+that predict it are in column P + j − 1. The response includes `<|im_end|>` when the model ended
+its answer (the policy must learn to stop) and is truncated there; a response that never ended
+is marked unfinished so the reward can penalise it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from picochat.chat import render_prompt
+from picochat.generate import SamplingConfig, generate
+from picochat.model import GPT
+from picochat.tokenizer import Tokenizer
+from picochat.train.ppo_math import logprobs_from_logits
+from picochat.train.precision import autocast
+
+
+@dataclass
+class Rollout:
+    prompts: list[list[dict]]  # the chat prompts
+    texts: list[str]  # decoded responses (without the end token)
+    finished: torch.Tensor  # (B,) bool: the response ended with <|im_end|>
+    input_ids: torch.Tensor  # (B, P + R)
+    attention_mask: torch.Tensor  # (B, P + R) 1 = real token
+    response_mask: torch.Tensor  # (B, R) 1 = response token (including the end token)
+    prompt_width: int  # P
+
+    @property
+    def response_ids(self) -> torch.Tensor:  # (B, R)
+        return self.input_ids[:, self.prompt_width :]
+
+
+def layout(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(input_ids, attention_mask, response_mask, P): prompts left-padded, responses right-padded."""
+    P = max(len(p) for p in prompt_ids)
+    R = max(1, max(len(r) for r in response_ids))
+    B = len(prompt_ids)
+    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + R), dtype=torch.long)
+    resp_mask = torch.zeros((B, R), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p) : P] = 1
+        if r:
+            ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
+            attn[i, P : P + len(r)] = 1
+            resp_mask[i, : len(r)] = 1
+    return ids, attn, resp_mask, P
+
+
+@torch.no_grad()
+def sample_rollout(policy: GPT, tokenizer: Tokenizer, prompts: list[list[dict]], max_new_tokens: int,
+                   temperature: float, seed: int, precision: str) -> Rollout:
+    device = next(policy.parameters()).device
+    prompt_ids = [render_prompt(tokenizer, p) for p in prompts]
+    room = policy.cfg.max_seq_len - max(len(p) for p in prompt_ids)
+    if room < 1:
+        raise ValueError("a PPO prompt leaves no room for a response within the model's max_seq_len")
+    sampling = SamplingConfig(max_new_tokens=min(max_new_tokens, room), temperature=temperature, seed=seed,
+                              stop_ids=(tokenizer.im_end_id, tokenizer.eot_id))
+    policy.eval()
+    with autocast(precision, device):
+        results = generate(policy, prompt_ids, sampling, pad_id=tokenizer.pad_id)
+    finished = [r.finish_reason == "stop" for r in results]
+    # The end token is part of the response the policy is trained on; <|endoftext|> is mapped to
+    # <|im_end|> (either ends the turn; the chat format's end is <|im_end|>).
+    response_ids = [r.tokens + ([tokenizer.im_end_id] if f else []) for r, f in zip(results, finished)]
+    ids, attn, resp_mask, P = layout(prompt_ids, response_ids, tokenizer.pad_id)
+    return Rollout(prompts, [tokenizer.decode(r.tokens) for r in results], torch.tensor(finished), ids, attn,
+                   resp_mask, P)
+
+
+def response_logits(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, P: int) -> torch.Tensor:
+    """Outputs at the columns that predict the response tokens: (B, R, V) for an LM, (B, R) for a
+    scalar head (the value of the state before each response token)."""
+    out = model(ids, attention_mask=attn)  # positions come from the mask (left padding)
+    return out[:, P - 1 : -1]
+
+
+def response_logprobs(model: torch.nn.Module, rollout_ids: torch.Tensor, attn: torch.Tensor, P: int,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs of the sampled response tokens (B, R), logits (B, R, V)) at the sampling
+    temperature: the same distribution the rollout was drawn from."""
+    logits = response_logits(model, rollout_ids, attn, P).float()
+    if temperature > 0:
+        logits = logits / temperature
+    return logprobs_from_logits(logits, rollout_ids[:, P:]), logits
