@@ -195,3 +195,12 @@ def test_fast(scorer, mira):
             scorer.score(p, r)
             n += 1
     assert n / (time.perf_counter() - t0) > 1000
+
+
+def test_broken_characters_cost_format(scorer, world):
+    c = world.characters[0]
+    prompt = user(f"What is {c.name}'s favourite food?")
+    clean = scorer.breakdown(prompt, f"{c.name}'s favourite food is {c.food}.")
+    broken = scorer.breakdown(prompt, f"{c.name}'s favourite food is {c.food}.\ufffd")
+    assert clean.total > 0.9 and broken.format == 0.5 and broken.total < 0.6
+    assert any("broken characters" in n for n in broken.notes)

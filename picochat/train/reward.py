@@ -41,6 +41,7 @@ class EncodedRecord:
         self.label = record.label
         gold = record.meta.get("gold_ranking")
         self.gold_pairs = _pairs_of(gold) if gold else None
+        self.task = record.meta.get("task")
 
 
 def _pairs_of(groups: list[list[int]]) -> list[tuple[int, int]]:
@@ -105,6 +106,7 @@ def pair_metrics(records: list[EncodedRecord], scores: list[list[float]]) -> dic
     the labels' own agreement with gold (the noise ceiling), and chosen/rejected score spreads."""
     acc, logloss, margins_w, margins_l = [], [], [], []
     gold_acc, label_vs_gold = [], []
+    gold_by_task: dict[str, list[bool]] = {}
     for rec, s in zip(records, scores):
         for w, l in rec.pairs:
             d = s[w] - s[l]
@@ -117,6 +119,8 @@ def pair_metrics(records: list[EncodedRecord], scores: list[list[float]]) -> dic
             for w, l in rec.gold_pairs:
                 gold_acc.append(s[w] > s[l])
                 label_vs_gold.append((w, l) in labelled)
+                if rec.task:
+                    gold_by_task.setdefault(rec.task, []).append(s[w] > s[l])
     out: dict = {}
     if acc:
         out.update({
@@ -133,6 +137,7 @@ def pair_metrics(records: list[EncodedRecord], scores: list[list[float]]) -> dic
             "gold_pair_accuracy": statistics.fmean(gold_acc),
             "label_gold_agreement": statistics.fmean(label_vs_gold),  # the noise ceiling for pair_accuracy
             "n_gold_pairs": len(gold_acc),
+            "gold_pair_accuracy_by_task": {t: statistics.fmean(v) for t, v in sorted(gold_by_task.items())},
         })
     labels = [(rec.label, s[0]) for rec, s in zip(records, scores) if rec.label is not None]
     if labels:
