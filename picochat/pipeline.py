@@ -10,6 +10,7 @@ A stage that was killed resumes from its last checkpoint when its fingerprint is
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 import time
@@ -26,11 +27,11 @@ class Stage:
     name: str
     sections: tuple[str, ...]  # config sections the stage reads
     upstream: tuple[str, ...]  # stages whose outputs it reads
-    run: Callable[[RunConfig, Path, bool], dict]
+    runner: str  # "module:function" taking (cfg, out, show_progress) and returning the summary dict
     summary_line: Callable[[dict], str]
 
 
-def _run_world(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+def run_world(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     from picochat.world import build_world, write_chat_tasks, write_world
 
     t0 = time.perf_counter()
@@ -53,7 +54,7 @@ def _tokenizer_training_texts(cfg: RunConfig, out: Path):
         yield from ("system", "user", "assistant")
 
 
-def _run_tokenizer(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+def run_tokenizer(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     from picochat.data.readers import iter_corpus
     from picochat.tokenizer import train_tokenizer
 
@@ -80,18 +81,6 @@ def _run_tokenizer(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     }
 
 
-def _run_pretrain(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.train.pretrain import run_pretrain
-
-    return run_pretrain(cfg, out, show_progress)
-
-
-def _run_sft(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.train.sft import run_sft
-
-    return run_sft(cfg, out, show_progress)
-
-
 def _sft_line(s: dict) -> str:
     line = f"val loss {s.get('val_loss', float('nan')):.3f}"
     if "gold_score" in s:
@@ -100,7 +89,7 @@ def _sft_line(s: dict) -> str:
     return line
 
 
-def _run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+def run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     from picochat.checkpoint import load_model_dir
     from picochat.feedback.autolabel import label_prompts, world_label_prompts
     from picochat.tokenizer import Tokenizer
@@ -124,24 +113,12 @@ def _run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     return {"stage": "label", **summaries["train"], "test": summaries["test"], "wall_s": time.perf_counter() - t0}
 
 
-def _run_rm(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.train.reward import run_rm
-
-    return run_rm(cfg, out, show_progress)
-
-
 def _rm_line(s: dict) -> str:
     line = f"held-out pair accuracy {s.get('pair_accuracy', float('nan')):.3f}"
     if "gold_pair_accuracy" in s:
         line += (f", vs gold ordering {s['gold_pair_accuracy']:.3f} "
                  f"(labels agree with gold on {s['label_gold_agreement']:.3f})")
     return line
-
-
-def _run_ppo(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.train.ppo import run_ppo
-
-    return run_ppo(cfg, out, show_progress)
 
 
 def _policy_line(s: dict) -> str:
@@ -154,29 +131,23 @@ def _policy_line(s: dict) -> str:
             f"KL to SFT {s['kl']:.2f}")
 
 
-def _run_dpo(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.train.dpo import run_dpo
-
-    return run_dpo(cfg, out, show_progress)
-
-
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("world", ("world", "chat"), (), _run_world,
+        Stage("world", ("world", "chat"), (), "picochat.pipeline:run_world",
               lambda s: f"{s['n_characters']} characters, {s['n_docs']:,} documents, {s['n_bytes'] / 1e6:.1f} MB"),
-        Stage("tokenizer", ("tokenizer",), ("world",), _run_tokenizer,
+        Stage("tokenizer", ("tokenizer",), ("world",), "picochat.pipeline:run_tokenizer",
               lambda s: f"vocab {s['vocab_size']}, {s['bytes_per_token']:.2f} bytes/token"),
-        Stage("pretrain", ("model", "pretrain"), ("tokenizer",), _run_pretrain,
+        Stage("pretrain", ("model", "pretrain"), ("tokenizer",), "picochat.train.pretrain:run_pretrain",
               lambda s: (f"val loss {s['val_loss']:.3f}, ppl {s['val_ppl']:.2f}, bpb {s['val_bpb']:.3f}, "
                          f"{s['tokens_per_s']:,.0f} tok/s ({s['precision']})")),
-        Stage("sft", ("sft",), ("pretrain", "world"), _run_sft, _sft_line),
-        Stage("label", ("label",), ("sft", "world"), _run_label,
+        Stage("sft", ("sft",), ("pretrain", "world"), "picochat.train.sft:run_sft", _sft_line),
+        Stage("label", ("label",), ("sft", "world"), "picochat.pipeline:run_label",
               lambda s: (f"{s['n_prompts']} prompts x {s['k']} answers, mean gold {s['mean_gold']:.3f}, "
                          f"labels agree with gold on {s['pair_agreement_with_gold']:.3f} of pairs")),
-        Stage("rm", ("rm",), ("label", "sft"), _run_rm, _rm_line),
-        Stage("ppo", ("ppo",), ("sft", "rm", "world"), _run_ppo, _policy_line),
-        Stage("dpo", ("dpo",), ("sft", "label", "world"), _run_dpo, _policy_line),
+        Stage("rm", ("rm",), ("label", "sft"), "picochat.train.reward:run_rm", _rm_line),
+        Stage("ppo", ("ppo",), ("sft", "rm", "world"), "picochat.train.ppo:run_ppo", _policy_line),
+        Stage("dpo", ("dpo",), ("sft", "label", "world"), "picochat.train.dpo:run_dpo", _policy_line),
     )
 }
 
@@ -242,7 +213,8 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stage_dir / "stage.json", {"stage": name, "fingerprint": stage_fingerprint(name, cfg)})
     save_config(cfg, out / "config.yaml")
-    summary = stage.run(cfg, out, show_progress)
+    module, function = stage.runner.split(":")
+    summary = getattr(importlib.import_module(module), function)(cfg, out, show_progress)
     summary["fingerprint"] = stage_fingerprint(name, cfg)
     metrics = MetricsLog(stage_dir / "metrics.jsonl")
     if not metrics.path.exists():  # stages without a training loop log their one result

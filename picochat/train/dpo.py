@@ -22,7 +22,7 @@ with probability ε: loss = −(1−ε) log σ(βΔ) − ε log σ(−βΔ). `lo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -327,15 +327,8 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
         "n_invalid_records": len(problems),
         "n_cut": train.n_cut + test.n_cut,
         "n_dropped_pairs": train.n_dropped_pairs + test.n_dropped_pairs,  # a response cut off entirely
-        "steps": result.step,
-        "tokens": result.tokens,
-        "final_train_loss": result.final_train_loss,
+        **result.figures(),
         **{f"val_{k}": v for k, v in held_out.items()},  # all held-out prompts, after training
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "precision": result.precision,
-        "peak_memory_mb": result.peak_memory_mb,
-        "train_wall_s": result.wall_s,
     }
     if dcfg.eval_prompts > 0:
         summary.update(_after_training_evals(cfg, out, model, tokenizer, test_records or train_records,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
 from picochat.chat import write_tokenizer_config

@@ -13,7 +13,7 @@ from picochat.checkpoint import write_model_dir
 from picochat.config import PretrainConfig, RunConfig, SampleConfig
 from picochat.data.shards import ShardMeta, build_shards, load_shards
 from picochat.generate import SamplingConfig, generate
-from picochat.io import atomic_write_json, atomic_write_text
+from picochat.io import atomic_write_text
 from picochat.model import GPT, ModelConfig, lm_loss
 from picochat.tokenizer import Tokenizer
 from picochat.train.precision import autocast, default_device
@@ -160,17 +160,10 @@ def run_pretrain(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "params": model.num_params(),
         "params_non_embedding": model.num_params(exclude_embeddings=True),
         "flops_per_token": model.flops_per_token(pcfg.seq_len),
-        "steps": result.step,
-        "tokens": result.tokens,
+        **result.figures(),
         "train_tokens_in_corpus": meta.n_train_tokens,
         "epochs": result.tokens / max(1, meta.n_train_tokens),
-        "final_train_loss": result.final_train_loss,
         **result.eval_metrics,
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "precision": result.precision,
-        "peak_memory_mb": result.peak_memory_mb,
-        "train_wall_s": result.wall_s,
         "wall_s": time.perf_counter() - t0,
         "device": str(device),
         "threads": torch.get_num_threads(),

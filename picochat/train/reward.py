@@ -263,17 +263,10 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "n_train_prompts": len(train),
         "n_test_prompts": len(test),
         "n_invalid_records": len(problems),
-        "steps": result.step,
-        "tokens": result.tokens,
-        "final_train_loss": result.final_train_loss,
+        **result.figures(),
         **held_out,
         "calibration": calibration_table(test, normalized_test) if test else [],
         "normalization": {"gain": gain, "bias": bias},
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "precision": result.precision,
-        "peak_memory_mb": result.peak_memory_mb,
-        "train_wall_s": result.wall_s,
         "wall_s": time.perf_counter() - t0,
     }
     return summary

@@ -164,15 +164,8 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "n_cut": n_cut,
         "n_train_conversations": len(train),
         "n_val_conversations": len(val),
-        "steps": result.step,
-        "tokens": result.tokens,
-        "final_train_loss": result.final_train_loss,
+        **result.figures(),
         **result.eval_metrics,
-        "tokens_per_s": result.tokens_per_s,
-        "mfu": result.mfu,
-        "precision": result.precision,
-        "peak_memory_mb": result.peak_memory_mb,
-        "train_wall_s": result.wall_s,
     }
     if held_out is not None and scfg.eval_prompts > 0:
         summary.update(_gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device,

@@ -64,6 +64,19 @@ class TrainResult:
     peak_memory_mb: float = 0.0
     precision: str = "fp32"
 
+    def figures(self) -> dict:
+        """The headline figures every training stage puts in its summary.json."""
+        return {
+            "steps": self.step,
+            "tokens": self.tokens,
+            "final_train_loss": self.final_train_loss,
+            "tokens_per_s": self.tokens_per_s,
+            "mfu": self.mfu,
+            "precision": self.precision,
+            "peak_memory_mb": self.peak_memory_mb,
+            "train_wall_s": self.wall_s,
+        }
+
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norm gains), fused where available."""
