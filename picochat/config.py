@@ -117,8 +117,10 @@ class SFTConfig:
 
 
 def _rm_train_defaults() -> TrainConfig:
-    return TrainConfig(max_steps=300, batch_size=8, lr=3e-4, lr_warmup_steps=20, eval_every=100,
-                       eval_batches=1, log_every=10, ckpt_every=100)
+    # ≈1 epoch over the ~1,000 built-in prompts that have ranked pairs: like InstructGPT, we saw the
+    # reward model overfit after one epoch (held-out gold accuracy 0.74 at step 100, 0.72 at 300).
+    return TrainConfig(max_steps=120, batch_size=8, lr=3e-4, lr_warmup_steps=20, eval_every=40,
+                       eval_batches=1, log_every=10, ckpt_every=40)
 
 
 @dataclass
@@ -143,7 +145,8 @@ class RMConfig:
 
 
 def _ppo_train_defaults() -> TrainConfig:
-    return TrainConfig(max_steps=60, batch_size=16, lr=5e-5, lr_warmup_steps=5, log_every=5, ckpt_every=10,
+    # lr 2e-5 with kl_coef 0.1: at 5e-5 / 0.05 the RM score rose while the gold score did not.
+    return TrainConfig(max_steps=40, batch_size=16, lr=2e-5, lr_warmup_steps=5, log_every=5, ckpt_every=10,
                        grad_clip=1.0, weight_decay=0.0)
 
 
@@ -157,7 +160,7 @@ class PPOConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0  # rollout temperature, also used for the training log-probs
     no_eos_penalty: float = -1.0  # added to the score of a response that never ended
-    kl_coef: float = 0.05  # β of the per-token KL penalty to the SFT model
+    kl_coef: float = 0.1  # β of the per-token KL penalty to the SFT model
     adaptive_kl: bool = False  # Ziegler et al.'s controller towards kl_target
     kl_target: float = 6.0
     kl_horizon: int = 10000

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from picochat.data.shards import build_shards, load_shards
+from picochat.cli import main
 from picochat.world import WorldConfig, write_world
 
 SMALL_WORLD = WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.25)
@@ -37,3 +38,33 @@ def world_shards(world_dir, world_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     build_shards([world_dir / "corpus.jsonl"], world_tokenizer, out, val_fraction=0.1, show_progress=False)
     return load_shards(out)
+
+
+# The whole pipeline at a tiny size, run once per session through the CLI.
+TINY = [
+    "world.n_characters=10", "world.n_places=5", "world.corpus_mb=0.2",
+    "tokenizer.vocab_size=400",
+    "model.d_model=48", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden=128",
+    "model.max_seq_len=128", "pretrain.seq_len=64",
+    "chat.n_train=300", "chat.n_test=60",
+    "sft.train.max_steps=12", "sft.train.batch_size=8", "sft.train.eval_every=6", "sft.train.eval_batches=2",
+    "sft.train.log_every=3", "sft.train.ckpt_every=6", "sft.eval_prompts=12", "sft.eval_samples=2",
+    "sft.eval_max_new_tokens=24",
+    "label.n_prompts=24", "label.n_test_prompts=12", "label.max_new_tokens=24", "label.batch_prompts=8",
+    "rm.train.max_steps=10", "rm.train.batch_size=4", "rm.train.eval_every=5", "rm.train.log_every=5",
+    "rm.train.ckpt_every=5",
+    "ppo.train.max_steps=3", "ppo.rollout_prompts=8", "ppo.minibatch_size=4", "ppo.max_new_tokens=16",
+    "ppo.eval_prompts=8", "ppo.eval_samples=1", "ppo.eval_max_new_tokens=16", "ppo.train.ckpt_every=2",
+    "dpo.train.max_steps=4", "dpo.train.batch_size=4", "dpo.train.eval_every=2", "dpo.train.log_every=2",
+    "dpo.eval_prompts=8", "dpo.eval_samples=1", "dpo.eval_max_new_tokens=16",
+    "pretrain.train.max_steps=30", "pretrain.train.batch_size=8", "pretrain.train.eval_every=15",
+    "pretrain.train.eval_batches=2", "pretrain.train.log_every=5", "pretrain.train.ckpt_every=10",
+    "pretrain.sample.max_new_tokens=12",
+]
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["run", "--out", str(out), "--no-progress", *TINY]) == 0
+    return out

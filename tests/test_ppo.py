@@ -1,0 +1,101 @@
+"""The PPO loop on the tiny pipeline's models: it moves the policy towards what the reward
+favours, and a killed-and-resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from picochat.chat import render_prompt
+from picochat.config import build_config, parse_overrides
+from picochat.generate import SamplingConfig, generate
+from picochat.train.ppo import PPOTrainer
+from picochat.train.rollout import layout, response_logprobs
+
+from conftest import TINY
+
+PROMPTS = ["What is 2 + 3?", "Where does Mira live?", "Tell me a story.", "米拉住在哪里？",
+           "What is 10 + 20?", "Who is your friend?", "Hello!", "What is 7 + 1?"]
+
+
+def _setup(run_dir, tmp_path, iterations: int, epochs: int = 2):
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": p, "chosen": "a", "rejected": "b"}, ensure_ascii=False) + "\n"
+                                    for p in PROMPTS), encoding="utf-8")
+    overrides = {
+        "ppo.init": str(run_dir / "sft"), "ppo.reward_model": str(run_dir / "rm"), "ppo.prompts": str(prompts_file),
+        "ppo.rollout_prompts": 8, "ppo.minibatch_size": 4, "ppo.epochs": epochs, "ppo.max_new_tokens": 8,
+        "ppo.kl_coef": 0.0, "ppo.train.lr": 3e-3, "ppo.train.lr_warmup_steps": 1, "ppo.train.max_steps": iterations,
+        "ppo.train.ckpt_every": 1, "ppo.train.precision": "fp32", "ppo.eval_prompts": 0,
+    }
+    base = parse_overrides(TINY)
+    cfg = build_config("tiny", overrides={**base, **overrides})
+    return cfg
+
+
+def _first_token_logprobs(trainer) -> torch.Tensor:
+    """log π(first answer token | prompt) over the vocabulary: (n_prompts, V)."""
+    tok = trainer.tokenizer
+    prompt_ids = [render_prompt(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
+    ids, attn, _, P = layout(prompt_ids, [[tok.pad_id]] * len(PROMPTS), tok.pad_id)
+    with torch.no_grad():
+        _, logits = response_logprobs(trainer.policy, ids, attn, P, 1.0)
+    return logits[:, 0].log_softmax(-1)
+
+
+def _targets(trainer) -> dict[str, set[int]]:
+    """The 40 first answer tokens the starting policy likes best, per prompt: what our reward
+    favours (together likely enough to be sampled, so the reward has signal)."""
+    top = _first_token_logprobs(trainer).topk(40, dim=-1).indices
+    return {p: set(top[i].tolist()) for i, p in enumerate(PROMPTS)}
+
+
+def _mean_logprob(trainer, targets) -> float:
+    """Mean over prompts of log π(first token is one of the favoured ones)."""
+    lp = _first_token_logprobs(trainer)
+    return float(torch.stack([lp[i, sorted(targets[p])].logsumexp(0) for i, p in enumerate(PROMPTS)]).mean())
+
+
+def _reward_for(targets):
+    def score(rollout):
+        first = rollout.response_ids[:, 0].tolist()
+        s = torch.tensor([1.0 if first[i] in targets[p[-1]["content"]] else -1.0
+                          for i, p in enumerate(rollout.prompts)])
+        return s, s
+
+    return score
+
+
+def test_ppo_raises_the_probability_of_the_rewarded_response(run_dir, tmp_path):
+    cfg = _setup(run_dir, tmp_path, iterations=10, epochs=4)
+    trainer = PPOTrainer(cfg, tmp_path / "out", show_progress=False)
+    targets = _targets(trainer)
+    before = _mean_logprob(trainer, targets)
+    trainer._score = _reward_for(targets)
+    assert trainer.fit()
+    after = _mean_logprob(trainer, targets)
+    assert after > before + 0.1, (before, after)  # measured: -1.63 -> -1.43 (p 0.20 -> 0.24)
+    assert len(trainer.metrics.read()) == 10
+
+
+def test_ppo_kill_and_resume_equals_uninterrupted(run_dir, tmp_path):
+    cfg = _setup(run_dir, tmp_path, iterations=4)
+    full = PPOTrainer(cfg, tmp_path / "full", show_progress=False)
+    targets = _targets(full)
+    full._score = _reward_for(targets)
+    full.fit()
+
+    cfg_half = _setup(run_dir, tmp_path, iterations=2)
+    first = PPOTrainer(cfg_half, tmp_path / "resumed", show_progress=False)
+    first._score = _reward_for(targets)
+    first.fit()  # stops after 2 iterations with a checkpoint, as a killed run would have
+    second = PPOTrainer(cfg, tmp_path / "resumed", show_progress=False)
+    second._score = _reward_for(targets)
+    second.fit()
+    keys = ("reward", "kl", "policy_loss", "value_loss", "entropy", "response_length")
+    a = [[r[k] for k in keys] for r in full.metrics.read()]
+    b = [[r[k] for k in keys] for r in second.metrics.read()]
+    assert a == b
+    for (name, p), q in zip(full.policy.state_dict().items(), second.policy.state_dict().values()):
+        assert torch.equal(p, q), name
