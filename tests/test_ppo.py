@@ -9,7 +9,6 @@ import torch
 
 from picochat.chat import render_prompt
 from picochat.config import build_config, parse_overrides
-from picochat.generate import SamplingConfig, generate
 from picochat.train.ppo import PPOTrainer
 from picochat.train.rollout import layout, response_logprobs
 

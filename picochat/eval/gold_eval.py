@@ -7,6 +7,7 @@ best of K is the room that human feedback and RL have to work in.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 
@@ -111,3 +112,21 @@ def evaluate_gold(
         for e, p, (text, _), s in zip(examples, prompts, greedy, greedy_scores)
     ]
     return result
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean of a − b over paired prompts with a 95% normal-approximation confidence interval."""
+    d = [x - y for x, y in zip(a, b)]
+    mean = statistics.fmean(d)
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"mean": mean, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "n": len(d)}
+
+
+def gold_gains(after: dict, before: dict) -> dict:
+    """Per-prompt paired gains of a tuned model over its starting model (evaluate_gold results on
+    the same prompts and seeds): greedy and, when sampled, the mean over samples."""
+    gains = {"gold_gain_greedy": paired_difference([e["score"] for e in after["examples"]],
+                                                   [e["score"] for e in before["examples"]])}
+    if "sampled_per_prompt" in after and "sampled_per_prompt" in before:
+        gains["gold_gain_sampled"] = paired_difference(after["sampled_per_prompt"], before["sampled_per_prompt"])
+    return gains

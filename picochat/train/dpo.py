@@ -349,7 +349,7 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
     reference.eval()
     world_test = out / "world" / "chat_test.jsonl"
     if not dcfg.sources and world_test.exists():
-        from picochat.eval.gold_eval import evaluate_gold
+        from picochat.eval.gold_eval import evaluate_gold, gold_gains
         from picochat.train.sft import held_out_subset
         from picochat.world import GoldScorer, read_chat_examples, read_world
 
@@ -374,6 +374,7 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
             f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
             "gold_score_sft": before["greedy"],  # the reference (starting) model, same prompts and seeds (as PPO)
             "gold_score_sft_sampled": before.get("sampled"),
+            **gold_gains(after, before),
             "gold": {key: v for key, v in after.items() if key not in drop},
             "gold_sft": {key: v for key, v in before.items() if key not in drop},
         })

@@ -15,7 +15,6 @@ trained models, the optimizer and the KL controller, so a resumed run equals an 
 
 from __future__ import annotations
 
-import math
 import shutil
 import statistics
 import tempfile
@@ -307,14 +306,6 @@ class PPOTrainer:
         return True
 
 
-def paired_difference(a: list[float], b: list[float]) -> dict:
-    """Mean of a − b over paired prompts with a 95% normal-approximation confidence interval."""
-    d = [x - y for x, y in zip(a, b)]
-    mean = statistics.fmean(d)
-    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return {"mean": mean, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "n": len(d)}
-
-
 def run_ppo(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     t0 = time.perf_counter()
     trainer = PPOTrainer(cfg, out, show_progress)
@@ -343,7 +334,7 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
     """Held-out evaluation of the tuned policy next to its starting (SFT) model: gold score (greedy
     and T=1 samples), reward-model score of the samples, KL to the reference, and the paired
     difference in gold score with a 95% CI."""
-    from picochat.eval.gold_eval import answer_prompts, evaluate_gold
+    from picochat.eval.gold_eval import answer_prompts, evaluate_gold, gold_gains
     from picochat.eval.kl import sampled_kl
     from picochat.generate import SamplingConfig
     from picochat.train.sft import held_out_subset
@@ -368,7 +359,6 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
                                  SamplingConfig(max_new_tokens=pcfg.eval_max_new_tokens, temperature=1.0,
                                                 seed=pcfg.train.seed), trainer.precision)
     rm_before = trainer.reward.score(prompts, [t for t, _ in sampled_sft], [f for _, f in sampled_sft])
-    per_prompt = lambda res: [e["score"] for e in res["examples"]]  # noqa: E731  greedy, per prompt
     lines = [f"# {label.upper()} vs SFT on held-out prompts (greedy)\n"]
     for a, b in list(zip(after["examples"], before["examples"]))[:12]:
         lines.append(f"## [{a['task']}/{a['lang']}] {a['prompt']}\n\n- **{label}** (gold {a['score']:.2f}): "
@@ -381,8 +371,7 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
         f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
         "gold_score_sft": before["greedy"],
         "gold_score_sft_sampled": before.get("sampled"),
-        "gold_gain_greedy": paired_difference(per_prompt(after), per_prompt(before)),
-        "gold_gain_sampled": paired_difference(after["sampled_per_prompt"], before["sampled_per_prompt"]),
+        **gold_gains(after, before),
         "rm_score_sampled": statistics.fmean(rm_after),
         "rm_score_sft_sampled": statistics.fmean(rm_before),
         "kl": kl["mean"],
