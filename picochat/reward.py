@@ -34,7 +34,9 @@ def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: 
             ids = ids[:-1]  # no <|im_end|>: the response was cut off
     cut = max_len is not None and len(ids) > max_len
     if cut:
-        ids = ids[:max_len]
+        # Keep the end: the score is read at the last token of the response, and two responses to
+        # the same long prompt must still differ (cutting the end would leave identical prefixes).
+        ids = ids[-max_len:]
     return ids, cut
 
 

@@ -103,3 +103,11 @@ def test_pair_metrics_against_gold_and_noise_ceiling(world_tokenizer):
     m = pair_metrics([EncodedRecord(rec, world_tokenizer, 128)], [[1.0, 0.0]])
     assert m["pair_accuracy"] == 0.0 and m["gold_pair_accuracy"] == 1.0 and m["label_gold_agreement"] == 0.0
     assert m["pair_log_loss"] == pytest.approx(-math.log(1 / (1 + math.e)))
+
+
+def test_long_inputs_keep_their_end(world_tokenizer):
+    long_prompt = [{"role": "user", "content": "word " * 300}]
+    a, cut_a = reward_input_ids(world_tokenizer, long_prompt, "Yes.", max_len=64)
+    b, cut_b = reward_input_ids(world_tokenizer, long_prompt, "No.", max_len=64)
+    assert cut_a and cut_b and len(a) == len(b) == 64
+    assert a != b and a[-1] == b[-1] == world_tokenizer.im_end_id
