@@ -176,6 +176,7 @@ class PPOConfig:
     entropy_coef: float = 0.0
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss on <out>/pretrain/data (0 = off)
     ptx_batch_size: int = 8
+    ptx_data: str = ""  # token shards for PPO-ptx (a `picochat pretrain` data dir); empty = <out>/pretrain/data
     eval_prompts: int = 300  # held-out world prompts for the final gold/KL evaluation (0 = skip)
     eval_samples: int = 4
     eval_max_new_tokens: int = 96

@@ -98,3 +98,12 @@ def test_ppo_kill_and_resume_equals_uninterrupted(run_dir, tmp_path):
     assert a == b
     for (name, p), q in zip(full.policy.state_dict().items(), second.policy.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_ppo_ptx_adds_a_pretraining_loss(run_dir, tmp_path):
+    cfg = _setup(run_dir, tmp_path, iterations=1)
+    cfg.ppo.ptx_coef, cfg.ppo.ptx_data = 0.5, str(run_dir / "pretrain" / "data")
+    trainer = PPOTrainer(cfg, tmp_path / "ptx", show_progress=False)
+    assert trainer.fit()
+    record = trainer.metrics.read()[-1]
+    assert 0 < record["ptx_loss"] < 20

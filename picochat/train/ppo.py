@@ -105,7 +105,8 @@ class PPOTrainer:
         if self.pcfg.ptx_coef > 0:
             from picochat.data.shards import load_shards
 
-            self.ptx_tokens = load_shards(self.out / "pretrain" / "data")[0]
+            ptx_dir = Path(self.pcfg.ptx_data) if self.pcfg.ptx_data else self.out / "pretrain" / "data"
+            self.ptx_tokens = load_shards(ptx_dir)[0]
         self.gold = None
         world = self.out / "world" / "world.json"
         if world.exists() and not self.pcfg.prompts:
