@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from picochat.chat import ChatFormatError, validate_messages
-from picochat.data.readers import CorpusError, _iter_lines
+from picochat.data.readers import CorpusError, _iter_lines, files_in_directory
 
 CHAT_SUFFIXES = (".jsonl", ".jsonl.gz")
 # ShareGPT speaker names seen in the wild -> our roles.
@@ -45,12 +45,7 @@ def find_chat_files(path: str | os.PathLike) -> list[Path]:
     if not path.exists():
         raise CorpusError(path, "no such file or directory")
     if path.is_dir():
-        files = sorted(
-            (p for p in path.rglob("*")
-             if p.is_file() and p.name.lower().endswith(CHAT_SUFFIXES)
-             and not any(part.startswith(".") for part in p.relative_to(path).parts)),
-            key=lambda p: p.relative_to(path).as_posix(),
-        )
+        files = files_in_directory(path, CHAT_SUFFIXES)
         if not files:
             raise CorpusError(path, f"directory has no chat files (expected {', '.join(CHAT_SUFFIXES)})")
         return files

@@ -59,7 +59,7 @@ from pathlib import Path
 
 from picochat.chat import ChatFormatError, validate_messages
 from picochat.data.chat_data import _from_sharegpt
-from picochat.data.readers import CorpusError, _open_binary
+from picochat.data.readers import CorpusError, _open_binary, files_in_directory
 
 PREFERENCE_SUFFIXES = (".jsonl", ".jsonl.gz")
 DEFAULT_MAX_K = 9
@@ -358,11 +358,7 @@ def find_preference_files(paths: str | os.PathLike | Iterable[str | os.PathLike]
         if not path.exists():
             raise PreferenceError(path, "no such file or directory")
         if path.is_dir():
-            found = sorted(
-                (p for p in path.rglob("*")
-                 if p.is_file() and p.name.lower().endswith(PREFERENCE_SUFFIXES)
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)),
-                key=lambda p: p.relative_to(path).as_posix())
+            found = files_in_directory(path, PREFERENCE_SUFFIXES)
             if not found:
                 raise PreferenceError(path, "directory has no preference files (expected "
                                       f"{' or '.join(PREFERENCE_SUFFIXES)})")

@@ -56,6 +56,20 @@ def _suffix_kind(path: Path) -> str | None:
     return None
 
 
+def files_in_directory(directory: Path, suffixes: tuple[str, ...],
+                       exclude: Iterable[Path] = ()) -> list[Path]:
+    """Files under `directory` (recursively) whose names end with one of `suffixes`, skipping
+    hidden files and folders and anything inside an `exclude` folder, in a stable order."""
+    excluded = [Path(e).resolve() for e in exclude]
+    return sorted(
+        (p for p in directory.rglob("*")
+         if p.is_file() and p.name.lower().endswith(suffixes)
+         and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+         and not any(p.resolve().is_relative_to(e) for e in excluded)),
+        key=lambda p: p.relative_to(directory).as_posix(),
+    )
+
+
 def find_corpus_files(paths: str | os.PathLike | Iterable[str | os.PathLike],
                       exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Expand paths (files or directories) into the list of files that will be read, in order.
@@ -65,19 +79,13 @@ def find_corpus_files(paths: str | os.PathLike | Iterable[str | os.PathLike],
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    excluded = [Path(p).resolve() for p in exclude]
+    exclude = list(exclude)
     files: list[Path] = []
     for path in map(Path, paths):
         if not path.exists():
             raise CorpusError(path, "no such file or directory")
         if path.is_dir():
-            found = sorted(
-                (p for p in path.rglob("*")
-                 if p.is_file() and p.name.lower().endswith(DIRECTORY_SUFFIXES)
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                 and not any(p.resolve().is_relative_to(e) for e in excluded)),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
+            found = files_in_directory(path, DIRECTORY_SUFFIXES, exclude)
             if not found:
                 raise CorpusError(
                     path, f"directory has no corpus files (expected {', '.join(DIRECTORY_SUFFIXES)})"

@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from picochat.chat import render_chat
 from picochat.checkpoint import load_model_dir, write_model_dir
 from picochat.config import DPOConfig, RunConfig  # noqa: F401  (DPOConfig re-exported for callers)
-from picochat.data.preferences import PreferenceRecord, prompt_key, read_preferences
-from picochat.data.shards import is_val_document
+from picochat.data.preferences import PreferenceRecord, prompt_key
 from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
 from picochat.io import atomic_write_text
 from picochat.tokenizer import Tokenizer
 from picochat.train.precision import autocast, default_device, resolve_precision
 from picochat.train.trainer import Trainer
+from picochat.train.reward import load_preference_splits
 
 DPO_LOSSES = ("sigmoid", "ipo")
 
@@ -227,24 +227,6 @@ def pair_metrics(data: PairData, policy_logps: np.ndarray, beta: float, label_sm
     return out
 
 
-def load_dpo_data(cfg, out: Path) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
-    """(train records, held-out records, problems). Built-in: the label stage's two files. Own
-    data: split by the same hash as the reward model, so both are scored on the same pairs."""
-    dcfg = cfg.dpo
-    if not dcfg.sources:
-        train, problems = read_preferences(out / "label" / "preferences.jsonl", limit=dcfg.max_records,
-                                           skip_invalid=True)
-        test_file = out / "label" / "preferences_test.jsonl"
-        test, more = read_preferences(test_file, skip_invalid=True) if test_file.exists() else ([], [])
-        return train, test, problems + more
-    records, problems = read_preferences(dcfg.sources, limit=dcfg.max_records, skip_invalid=True)
-    train, test = [], []
-    for r in records:
-        key = prompt_key(r.prompt) + "".join(r.responses[:1])
-        (test if is_val_document(key, dcfg.val_fraction) else train).append(r)
-    return train, test, problems
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 
@@ -265,7 +247,8 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     tokenizer = Tokenizer.load(tokenizer_file)
     seq_len = min(dcfg.seq_len, model.cfg.max_seq_len)
 
-    train_records, test_records, problems = load_dpo_data(cfg, out)
+    train_records, test_records, problems = load_preference_splits(out, dcfg.sources, dcfg.max_records,
+                                                                   dcfg.val_fraction)
     for p in problems[:5]:
         print(f"[dpo] skipped: {p}")
     if problems:

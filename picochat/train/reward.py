@@ -174,17 +174,23 @@ def fit_normalization(scores: list[list[float]], fit_gain: bool) -> tuple[float,
     return gain, -mean * gain
 
 
-def load_rm_data(cfg: RunConfig, out: Path) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
-    rcfg = cfg.rm
-    if not rcfg.sources:
-        train, problems = read_preferences(out / "label" / "preferences.jsonl", skip_invalid=True)
-        test, more = read_preferences(out / "label" / "preferences_test.jsonl", skip_invalid=True)
+def load_preference_splits(out: Path, sources: list[str], max_records: int, val_fraction: float
+                           ) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
+    """(train, held-out, problems) for the reward model and DPO.
+
+    Built-in: `<out>/label/preferences.jsonl` and its test file (held-out prompts). Own data:
+    split by a hash of each record's prompt and first response, the same split for RM and DPO.
+    """
+    if not sources:
+        train, problems = read_preferences(out / "label" / "preferences.jsonl", limit=max_records, skip_invalid=True)
+        test_file = out / "label" / "preferences_test.jsonl"
+        test, more = read_preferences(test_file, skip_invalid=True) if test_file.exists() else ([], [])
         return train, test, problems + more
-    records, problems = read_preferences(rcfg.sources, limit=rcfg.max_records, skip_invalid=True)
+    records, problems = read_preferences(sources, limit=max_records, skip_invalid=True)
     train, test = [], []
     for r in records:
         key = prompt_key(r.prompt) + "".join(r.responses[:1])
-        (test if is_val_document(key, rcfg.val_fraction) else train).append(r)
+        (test if is_val_document(key, val_fraction) else train).append(r)
     return train, test, problems
 
 
@@ -203,7 +209,8 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     torch.nn.init.normal_(model.score.weight, std=rcfg.head_init_std)  # small: start from no opinion
     seq_len = min(rcfg.seq_len, model.cfg.max_seq_len)
 
-    train_records, test_records, problems = load_rm_data(cfg, out)
+    train_records, test_records, problems = load_preference_splits(out, rcfg.sources, rcfg.max_records,
+                                                                   rcfg.val_fraction)
     for p in problems[:5]:
         print(f"[rm] skipped: {p}")
     if problems:
