@@ -106,12 +106,21 @@ def evaluate_gold(
             f"best_of_{n_samples}_by_task": _group_means(best, tasks),
             "n_samples": n_samples,
             "sampled_per_prompt": [statistics.fmean(s) for s in per_prompt],  # for paired comparisons
+            "samples": sampled,  # (text, finished) for prompts * n_samples, e.g. to score with an RM
         })
     result["examples"] = [
         {"task": e.task, "lang": e.lang, "prompt": p[-1]["content"], "answer": text, "score": s}
         for e, p, (text, _), s in zip(examples, prompts, greedy, greedy_scores)
     ]
     return result
+
+
+PER_PROMPT_KEYS = ("examples", "sampled_per_prompt", "samples")
+
+
+def gold_summary(result: dict) -> dict:
+    """An evaluate_gold result without its per-prompt lists: the part a summary.json keeps."""
+    return {k: v for k, v in result.items() if k not in PER_PROMPT_KEYS}
 
 
 def paired_difference(a: list[float], b: list[float]) -> dict:

@@ -332,7 +332,7 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
     reference.eval()
     world_test = out / "world" / "chat_test.jsonl"
     if not dcfg.sources and world_test.exists():
-        from picochat.eval.gold_eval import evaluate_gold, gold_gains
+        from picochat.eval.gold_eval import evaluate_gold, gold_gains, gold_summary
         from picochat.train.sft import held_out_subset
         from picochat.world import GoldScorer, read_chat_examples, read_world
 
@@ -350,7 +350,6 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
         atomic_write_text(stage_dir / "samples.md", "\n".join(lines))
         for ex in after["examples"][:6]:
             print(f"  user: {ex['prompt']}\n  dpo:  {ex['answer']}   (gold {ex['score']:.2f})")
-        drop = ("examples", "sampled_per_prompt")
         summary.update({
             "gold_score": after["greedy"],
             "gold_score_sampled": after.get("sampled"),
@@ -358,8 +357,8 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
             "gold_score_sft": before["greedy"],  # the reference (starting) model, same prompts and seeds (as PPO)
             "gold_score_sft_sampled": before.get("sampled"),
             **gold_gains(after, before),
-            "gold": {key: v for key, v in after.items() if key not in drop},
-            "gold_sft": {key: v for key, v in before.items() if key not in drop},
+            "gold": gold_summary(after),
+            "gold_sft": gold_summary(before),
         })
         prompts = [e.prompt() for e in examples]
     else:  # the held-out preference prompts, each once

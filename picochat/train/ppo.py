@@ -335,9 +335,8 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
     """Held-out evaluation of the tuned policy next to its starting (SFT) model: gold score (greedy
     and T=1 samples), reward-model score of the samples, KL to the reference, and the paired
     difference in gold score with a 95% CI."""
-    from picochat.eval.gold_eval import answer_prompts, evaluate_gold, gold_gains
+    from picochat.eval.gold_eval import evaluate_gold, gold_gains, gold_summary
     from picochat.eval.kl import sampled_kl
-    from picochat.generate import SamplingConfig
     from picochat.train.sft import held_out_subset
     from picochat.world import read_chat_examples
 
@@ -352,20 +351,19 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
     prompts = [e.prompt() for e in examples]
     kl = sampled_kl(trainer.policy, trainer.reference, trainer.tokenizer, prompts, trainer.precision,
                     n_samples=1, max_new_tokens=pcfg.eval_max_new_tokens, seed=pcfg.train.seed)
-    sampled = answer_prompts(trainer.policy, trainer.tokenizer, prompts,
-                             SamplingConfig(max_new_tokens=pcfg.eval_max_new_tokens, temperature=1.0,
-                                            seed=pcfg.train.seed), trainer.precision)
-    rm_after = trainer.reward.score(prompts, [t for t, _ in sampled], [f for _, f in sampled])
-    sampled_sft = answer_prompts(trainer.reference, trainer.tokenizer, prompts,
-                                 SamplingConfig(max_new_tokens=pcfg.eval_max_new_tokens, temperature=1.0,
-                                                seed=pcfg.train.seed), trainer.precision)
-    rm_before = trainer.reward.score(prompts, [t for t, _ in sampled_sft], [f for _, f in sampled_sft])
+    k = pcfg.eval_samples
+
+    def mean_rm_score(result: dict) -> float | None:  # RM score of the T=1 samples evaluate_gold drew
+        if "samples" not in result:
+            return None
+        texts, finished = zip(*result["samples"])
+        return statistics.fmean(trainer.reward.score(prompts * k, list(texts), list(finished)))
+
     lines = [f"# {label.upper()} vs SFT on held-out prompts (greedy)\n"]
     for a, b in list(zip(after["examples"], before["examples"]))[:12]:
         lines.append(f"## [{a['task']}/{a['lang']}] {a['prompt']}\n\n- **{label}** (gold {a['score']:.2f}): "
                      f"{a['answer']}\n- **sft** (gold {b['score']:.2f}): {b['answer']}\n")
     atomic_write_text(trainer.stage_dir / "samples.md", "\n".join(lines))
-    k = pcfg.eval_samples
     return {
         "gold_score": after["greedy"],
         "gold_score_sampled": after.get("sampled"),
@@ -373,10 +371,10 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
         "gold_score_sft": before["greedy"],
         "gold_score_sft_sampled": before.get("sampled"),
         **gold_gains(after, before),
-        "rm_score_sampled": statistics.fmean(rm_after),
-        "rm_score_sft_sampled": statistics.fmean(rm_before),
+        "rm_score_sampled": mean_rm_score(after),
+        "rm_score_sft_sampled": mean_rm_score(before),
         "kl": kl["mean"],
         "kl_stderr": kl.get("stderr"),
-        "gold": {k2: v for k2, v in after.items() if k2 not in ("examples", "sampled_per_prompt")},
-        "gold_sft": {k2: v for k2, v in before.items() if k2 not in ("examples", "sampled_per_prompt")},
+        "gold": gold_summary(after),
+        "gold_sft": gold_summary(before),
     }

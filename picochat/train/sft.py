@@ -22,6 +22,7 @@ from picochat.chat import render_chat
 from picochat.checkpoint import load_model_dir, write_model_dir
 from picochat.config import RunConfig
 from picochat.data.shards import is_val_document
+from picochat.eval.gold_eval import evaluate_gold, gold_summary
 from picochat.io import atomic_write_text
 from picochat.model import lm_loss
 from picochat.tokenizer import Tokenizer
@@ -119,8 +120,6 @@ def held_out_subset(examples: list, n: int) -> list:
 
 
 def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
-    from picochat.eval.gold_eval import evaluate_gold
-
     out = Path(out)
     scfg = cfg.sft
     stage_dir = out / "sft"
@@ -169,13 +168,13 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     }
     if held_out is not None and scfg.eval_prompts > 0:
         summary.update(_gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device,
-                                     trainer.precision, show_progress, stage_dir, evaluate_gold))
+                                     trainer.precision, show_progress, stage_dir))
     summary["wall_s"] = time.perf_counter() - t0
     return summary
 
 
 def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precision, show_progress,
-                  stage_dir, evaluate_gold) -> dict:
+                  stage_dir) -> dict:
     """Gold scores of the SFT model and, for comparison, of the model SFT started from."""
     from picochat.world import GoldScorer, read_world
 
@@ -203,7 +202,7 @@ def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precis
         f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
         "gold_score_pretrained": before["greedy"],
         "gold_score_pretrained_sampled": before.get("sampled"),
-        "gold": {k2: v for k2, v in after.items() if k2 not in ("examples", "sampled_per_prompt")},
-        "gold_pretrained": {k2: v for k2, v in before.items() if k2 not in ("examples", "sampled_per_prompt")},
+        "gold": gold_summary(after),
+        "gold_pretrained": gold_summary(before),
     }
     return summary
