@@ -146,14 +146,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def write_tokenizer_config(out_dir: str | os.PathLike, model_max_length: int | None = None) -> Path:
+def write_tokenizer_config(out_dir: str | os.PathLike, model_max_length: int | None = None,
+                           eos_token: str = IM_END) -> Path:
     """Write out_dir/tokenizer_config.json so `transformers.AutoTokenizer.from_pretrained(out_dir)`
-    finds the chat template and the stop token. Returns its path."""
+    finds the chat template and the stop token (IM_END for a chat model, EOT for a base model).
+    Returns its path."""
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "chat_template": CHAT_TEMPLATE,
         "bos_token": None,
-        "eos_token": IM_END,  # a chat reply ends here; generation stops on it
+        "eos_token": eos_token,  # a chat reply ends at IM_END; generation stops on it
         "pad_token": PAD,
         "unk_token": None,  # byte level: every string encodes, nothing is unknown
         "additional_special_tokens": [EOT, IM_START, IM_END],

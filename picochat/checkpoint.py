@@ -43,7 +43,12 @@ def write_model_dir(out_dir: Path, model: GPT, tokenizer_file: Path, meta: dict 
 
 def resolve_model_dir(path: str | Path) -> Path:
     """Accept a model directory, or a stage directory whose final model or latest checkpoint is
-    inside; raise FileNotFoundError with a clear message otherwise."""
+    inside, or `hf:DIR` (a local Hugging Face Llama checkpoint, imported into a cached picochat
+    model directory by `picochat.hf.importer`); raise FileNotFoundError with a clear message otherwise."""
+    if str(path).startswith("hf:"):
+        from picochat.hf.importer import import_hf
+
+        return import_hf(path)
     path = Path(path)
     if (path / MODEL_FILE).exists():
         return path
@@ -52,7 +57,8 @@ def resolve_model_dir(path: str | Path) -> Path:
         return ckpt
     raise FileNotFoundError(
         f"no model found in {path}: expected {MODEL_FILE} there or in {path / CHECKPOINT_DIR}/ "
-        "(train one with `picochat pretrain`, or pass the directory of a finished stage)"
+        "(train one with `picochat pretrain`, pass the directory of a finished stage, or hf:DIR for a "
+        "Hugging Face checkpoint)"
     )
 
 

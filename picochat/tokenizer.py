@@ -31,6 +31,9 @@ PAD = "<|pad|>"
 RESERVED = tuple(f"<|reserved_{i}|>" for i in range(4))
 # Ids 0..7 in this order; reserved slots let later features add tokens without changing ids.
 SPECIAL_TOKENS = (EOT, IM_START, IM_END, PAD) + RESERVED
+# What the code needs: documents end with EOT, chats are framed by IM_START/IM_END, batches pad
+# with PAD. A tokenizer from elsewhere (a Hugging Face import) needs these, not the reserved ones.
+REQUIRED_TOKENS = (EOT, IM_START, IM_END, PAD)
 
 # One pre-token per character for: CJK Unified Ideographs (+ Extension A, compatibility
 # ideographs, Extensions B..G in the supplementary planes), hiragana and katakana.
@@ -68,11 +71,12 @@ class Tokenizer:
         self._special.encode_special_tokens = False
         self._plain = HFTokenizer.from_str(json_str)  # "<|im_end|>" -> ordinary byte tokens
         self._plain.encode_special_tokens = True
-        missing = [t for t in SPECIAL_TOKENS if self._special.token_to_id(t) is None]
+        missing = [t for t in REQUIRED_TOKENS if self._special.token_to_id(t) is None]
         if missing:
             raise ValueError(
                 f"tokenizer is missing picochat special tokens {missing}; "
-                "train it with picochat.tokenizer.train_tokenizer"
+                "train it with picochat.tokenizer.train_tokenizer (a Hugging Face model imported "
+                "with init=hf:PATH gets them added)"
             )
         self.eot_id = self.token_id(EOT)
         self.im_start_id = self.token_id(IM_START)
