@@ -6,6 +6,11 @@ and stops at <|im_end|>. Typing `/reset` starts over (the system prompt stays); 
 end of input (Ctrl-D) exits. Works the same when stdin is a pipe, which is how tests drive it:
 
     printf 'hello\\n你好\\n' | picochat chat --ckpt runs/tiny/sft
+
+With `--url` the same conversation runs against a server (`picochat serve`, or any
+OpenAI-compatible API) instead of a local checkpoint:
+
+    picochat chat --url http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import TextIO
 
 import torch
 
-from picochat.chat import parse_response, render_prompt
+from picochat.chat import render_prompt
 from picochat.generate import SamplingConfig, generate
 from picochat.model import GPT
+from picochat.text_stream import IncrementalDecoder
 from picochat.tokenizer import Tokenizer
 from picochat.train.precision import autocast
 
@@ -29,8 +35,12 @@ HELP = "(/reset starts a new conversation, /quit exits)"
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True,
+    parser.add_argument("--ckpt", default=None,
                         help="model directory, or a stage directory such as runs/tiny/sft")
+    parser.add_argument("--url", default=None,
+                        help="chat with a running server instead, e.g. http://127.0.0.1:8000 (picochat serve)")
+    parser.add_argument("--api-key", default=None, help="API key of the server (--url)")
+    parser.add_argument("--model", default=None, help="model id on the server (--url; default: its first model)")
     parser.add_argument("--system", default=None, help="system prompt (kept across /reset)")
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
@@ -40,7 +50,16 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    """Load the model of `args.ckpt` and chat until /quit or end of input. Returns an exit code."""
+    """Load the model of `args.ckpt` (or connect to `args.url`) and chat until /quit or end of
+    input. Returns an exit code."""
+    if (args.ckpt is None) == (args.url is None):
+        raise ValueError("give either --ckpt DIR (a local model) or --url URL (a running server)")
+    if args.url:
+        from picochat.chat_remote import RemoteReplier
+
+        replier = RemoteReplier(args, stdout)
+        chat_loop(replier, args.system, stdin, stdout)
+        return 0
     from picochat.checkpoint import load_model_dir
     from picochat.train.precision import default_device, resolve_precision
 
@@ -63,7 +82,8 @@ def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> in
         top_p=args.top_p if args.top_p and args.top_p < 1 else None,
         stop_ids=(tokenizer.im_end_id, tokenizer.eot_id),
     )
-    chat_loop(model, tokenizer, sampling, args.system, stdin, stdout, resolve_precision("auto", device))
+    replier = LocalReplier(model, tokenizer, sampling, resolve_precision("auto", device))
+    chat_loop(replier, args.system, stdin, stdout)
     return 0
 
 
@@ -91,37 +111,63 @@ def fit_history(tokenizer: Tokenizer, system: str | None, history: list[dict], m
 class _Streamer:
     """Prints a reply as tokens arrive without ever splitting a UTF-8 character.
 
-    One Chinese character is often 2-3 byte tokens; decoding a prefix that ends mid-character
-    gives a trailing "\\ufffd". So decode the whole reply so far and print only the new part,
-    holding back a trailing "\\ufffd" until the character is complete.
+    One Chinese character is often 2-3 byte tokens; `IncrementalDecoder` (shared with the
+    server) holds a character back until its last byte token arrives.
     """
 
     def __init__(self, tokenizer: Tokenizer, stdout: TextIO):
         self.tokenizer, self.stdout = tokenizer, stdout
-        self.tokens: list[int] = []
+        self.decoder = IncrementalDecoder(tokenizer)
         self.printed = ""
 
     def _emit(self, text: str) -> None:
-        if text.startswith(self.printed) and len(text) > len(self.printed):
-            self.stdout.write(text[len(self.printed):])
+        if text:
+            self.stdout.write(text)
             self.stdout.flush()
-            self.printed = text
+            self.printed += text
 
     def on_token(self, row: int, token: int) -> None:
-        self.tokens.append(token)
-        self._emit(parse_response(self.tokenizer, self.tokens).rstrip("\ufffd"))
+        self._emit(self.decoder.push(token))
 
     def finish(self) -> str:
-        text = parse_response(self.tokenizer, self.tokens)
-        self._emit(text)  # anything held back (an incomplete character at the very end)
-        return text
+        self._emit(self.decoder.flush())  # anything held back (an incomplete character at the very end)
+        return self.printed
 
 
-def chat_loop(model: GPT, tokenizer: Tokenizer, sampling: SamplingConfig, system: str | None,
-              stdin: TextIO, stdout: TextIO, precision: str) -> None:
-    """Read user lines from stdin and answer each, keeping the conversation, until /quit or EOF."""
-    device = next(model.parameters()).device
-    max_prompt_tokens = model.cfg.max_seq_len - sampling.max_new_tokens
+class LocalReplier:
+    """Answers with a model loaded in this process: fits the conversation into the context
+    (dropping the oldest turns) and streams the reply. Returns the reply, or None if the last
+    message alone is too long."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, sampling: SamplingConfig, precision: str):
+        self.model, self.tokenizer, self.sampling, self.precision = model, tokenizer, sampling, precision
+
+    def __call__(self, system: str | None, history: list[dict], stdout: TextIO) -> str | None:
+        model, sampling = self.model, self.sampling
+        max_prompt_tokens = model.cfg.max_seq_len - sampling.max_new_tokens
+        prompt, dropped = fit_history(self.tokenizer, system, history, max_prompt_tokens)
+        if prompt is None:
+            stdout.write(f"(that message is too long for this model's {model.cfg.max_seq_len}-token "
+                         f"context with replies of up to {sampling.max_new_tokens} tokens; "
+                         "please shorten it)\n")
+            return None
+        if dropped:
+            stdout.write(f"(the conversation is longer than the model's context; "
+                         f"forgot the oldest {dropped} turn{'s' if dropped > 1 else ''})\n")
+        stdout.write(BOT_MARK)
+        stdout.flush()
+        streamer = _Streamer(self.tokenizer, stdout)
+        with autocast(self.precision, next(model.parameters()).device):
+            generate(model, [prompt], sampling, pad_id=self.tokenizer.pad_id, on_token=streamer.on_token)
+        return streamer.finish()
+
+
+def chat_loop(reply, system: str | None, stdin: TextIO, stdout: TextIO) -> None:
+    """Read user lines from stdin and answer each, keeping the conversation, until /quit or EOF.
+
+    reply(system, history, stdout) streams an answer to the conversation (which ends with the
+    new user message) and returns its text, or None when it could not answer (it says why).
+    """
     # A terminal shows what the user types; piped input is not shown, so echo it for a readable log.
     echo = not (hasattr(stdin, "isatty") and stdin.isatty())
     history: list[dict] = []
@@ -151,28 +197,14 @@ def chat_loop(model: GPT, tokenizer: Tokenizer, sampling: SamplingConfig, system
             continue
 
         history.append({"role": "user", "content": command})
-        prompt, dropped = fit_history(tokenizer, system, history, max_prompt_tokens)
-        if prompt is None:
-            history.pop()
-            stdout.write(f"(that message is too long for this model's {model.cfg.max_seq_len}-token "
-                         f"context with replies of up to {sampling.max_new_tokens} tokens; "
-                         "please shorten it)\n")
-            continue
-        if dropped:
-            stdout.write(f"(the conversation is longer than the model's context; "
-                         f"forgot the oldest {dropped} turn{'s' if dropped > 1 else ''})\n")
-
-        stdout.write(BOT_MARK)
-        stdout.flush()
-        streamer = _Streamer(tokenizer, stdout)
         try:
-            with autocast(precision, device):
-                generate(model, [prompt], sampling, pad_id=tokenizer.pad_id,
-                         on_token=streamer.on_token)
+            answer = reply(system, history, stdout)
         except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
             history.pop()
             stdout.write("\n(interrupted)\n")
             continue
-        reply = streamer.finish()
-        history.append({"role": "assistant", "content": reply})
+        if answer is None:
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
         stdout.write("\n")

@@ -1,0 +1,168 @@
+"""Human labeling: which prompts are left, which answers are on screen, where rankings go.
+
+InstructGPT's labelers see one prompt and K answers sampled from the SFT model, and order the
+answers from best to worst. The labeling page (`/label`) does that; this module is its memory:
+
+- **Prompts** come from a file (`--label-prompts`, JSONL: `{"messages": [...]}` or
+  `{"prompt": str | messages}` per line) and from prompts the labeler types in the page. A prompt's
+  id is `prompt_key(messages)`, the same key the built-in labeler resumes by.
+- **Pending answers.** The K answers sampled for a prompt are kept (and written to
+  `<out>.pending.json`, atomically) until the prompt is ranked, so reloading the page, or
+  restarting the server, shows the same answers again instead of sampling new ones.
+- **Rankings** are appended to the preference JSONL (`append_record`: one write and fsync per
+  line) in the K-wise format that `picochat rm` and `picochat dpo` read. A prompt already in the
+  file is done: submitting it again (a double click, a reload after submitting, a second tab) is
+  acknowledged but not written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from picochat.data.preferences import (
+    DEFAULT_MAX_K, PreferenceError, append_record, parse_record, prompt_key, read_preferences, repair_torn_tail,
+)
+from picochat.data.readers import CorpusError, _iter_lines
+from picochat.chat import ChatFormatError, validate_messages
+from picochat.io import atomic_write_json
+
+
+def read_label_prompts(path: str | Path) -> list[list[dict]]:
+    """Prompts to label from a JSONL file: each line `{"messages": [...]}` (a conversation; anything
+    after its last user message, such as a reference answer, is dropped) or `{"prompt": str}` /
+    `{"prompt": [messages]}`. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(path, "no such prompt file; expected JSONL with {\"messages\": [...]} or "
+                          "{\"prompt\": \"...\"} per line")
+    prompts: list[list[dict]] = []
+    for lineno, line in _iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(path, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from None
+        value = obj.get("messages", obj.get("prompt")) if isinstance(obj, dict) else None
+        if value is None:
+            raise CorpusError(path, "expected an object with \"messages\" or \"prompt\"", lineno)
+        if isinstance(value, str):
+            value = [{"role": "user", "content": value}]
+        try:
+            messages = validate_messages(value, where=f"{path}, line {lineno}")
+        except ChatFormatError as e:
+            raise CorpusError(path, str(e).split(": ", 1)[-1], lineno) from None
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        if last_user is None or not messages[last_user]["content"].strip():
+            raise CorpusError(path, "the conversation has no (non-empty) user message to answer", lineno)
+        prompts.append(messages[: last_user + 1])
+    return prompts
+
+
+class LabelStore:
+    """Thread-safe state of the labeling page. `out` is the preference JSONL rankings go to."""
+
+    def __init__(self, out: str | Path, prompts: list[list[dict]] = (), k: int = 4):
+        if not 2 <= k <= DEFAULT_MAX_K:
+            raise ValueError(f"K (answers per prompt) must be in 2..{DEFAULT_MAX_K}, got {k}")
+        self.out, self.k = Path(out), k
+        if not self.out.name.endswith(".jsonl"):
+            raise ValueError(f"{self.out}: rankings are written as JSON lines; name the file *.jsonl")
+        self.state_file = self.out.with_name(self.out.name + ".pending.json")
+        self._lock = threading.Lock()
+        self.prompts: dict[str, list[dict]] = {}  # id -> messages, in labeling order
+        for messages in prompts:
+            self.prompts.setdefault(prompt_key(messages), messages)
+        self.n_file_prompts = len(self.prompts)
+        self.done: set[str] = set()
+        repair_torn_tail(self.out)  # a server killed mid-append leaves at most a torn last line
+        if self.out.exists() and self.out.stat().st_size > 0:
+            records, _ = read_preferences(self.out, skip_invalid=True)
+            self.done = {prompt_key(r.prompt) for r in records if r.prompt is not None}
+        self.pending: dict[str, dict] = {}  # id -> {"prompt", "responses", "finished", "typed"}
+        if self.state_file.exists():
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+            for pid, item in state.get("pending", {}).items():
+                if pid not in self.done:
+                    self.pending[pid] = item
+            for pid, messages in state.get("typed", {}).items():
+                self.prompts.setdefault(pid, messages)
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def progress(self) -> dict:
+        with self._lock:
+            return {"labeled": sum(pid in self.done for pid in self.prompts), "total": len(self.prompts)}
+
+    def next_prompt(self) -> tuple[str, list[dict], dict | None] | None:
+        """(id, messages, pending answers or None) of what to show: the answers on screen before
+        (latest first) if any, else the first prompt not yet labeled; None when all are done."""
+        with self._lock:
+            for pid in reversed(self.pending):
+                if pid not in self.done:
+                    return pid, self.pending[pid]["prompt"], self.pending[pid]
+            for pid, messages in self.prompts.items():
+                if pid not in self.done:
+                    return pid, messages, None
+            return None
+
+    def item(self, pid: str) -> dict | None:
+        with self._lock:
+            return self.pending.get(pid)
+
+    # ---- changes ------------------------------------------------------------------------------
+
+    def add_typed(self, messages: list[dict]) -> str:
+        pid = prompt_key(messages)
+        with self._lock:
+            self.prompts.setdefault(pid, messages)
+            self._save()
+        return pid
+
+    def set_answers(self, pid: str, messages: list[dict], responses: list[str], finished: list[bool],
+                    sampling: dict) -> dict:
+        """Keep the K answers sampled for a prompt until it is ranked; the first answers kept for a
+        prompt win (a second sampling for the same prompt, from another tab, is discarded)."""
+        with self._lock:
+            if pid not in self.pending:
+                self.pending[pid] = {"id": pid, "prompt": messages, "responses": list(responses),
+                                     "finished": list(finished), "sampling": sampling}
+                self._save()
+            return self.pending[pid]
+
+    def submit(self, pid: str, ranking: list, all_bad: bool, labeler: str, extra_meta: dict | None = None
+               ) -> bool:
+        """Append the ranking of a pending prompt's answers; returns False if the prompt was already
+        labeled (nothing is written). Raises KeyError for an unknown prompt, PreferenceError for
+        a ranking that does not order every answer exactly once."""
+        with self._lock:
+            if pid in self.done:
+                return False
+            item = self.pending.get(pid)
+            if item is None:
+                raise KeyError(pid)
+            record = {
+                "prompt": item["prompt"], "responses": item["responses"], "ranking": ranking,
+                "all_bad": bool(all_bad),
+                "meta": {"labeler": labeler or "anonymous", "source": "web",
+                         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "finished": item["finished"], "prompt_id": pid, **item.get("sampling", {}),
+                         **(extra_meta or {})},
+            }
+            parsed = parse_record(record, f"ranking of prompt {pid}", max_k=DEFAULT_MAX_K)  # validate first
+            append_record(self.out, parsed)
+            self.done.add(pid)
+            self.prompts.setdefault(pid, item["prompt"])
+            del self.pending[pid]
+            self._save()
+            return True
+
+    def _save(self) -> None:
+        typed = {pid: m for i, (pid, m) in enumerate(self.prompts.items()) if i >= self.n_file_prompts}
+        atomic_write_json(self.state_file, {"pending": self.pending, "typed": typed})
+
+
+__all__ = ["LabelStore", "read_label_prompts", "PreferenceError"]
