@@ -1,0 +1,193 @@
+"""How long a run will take, said before its long stages start.
+
+Each stage's work is counted from the config: tokens it trains on (forward + backward + AdamW),
+tokens it only reads (forward passes of frozen models), and batched sampling steps (one step
+advances up to 64 answers by one token; evaluations and labeling run up to max_new_tokens steps
+per batch). Two speeds of this machine price that work, measured in a few seconds on a freshly
+initialised model of the run's architecture: training tokens/s at the pretraining shape, and the
+time of one sampling step of 64 rows. Conversation lengths come from the run's chat data when the
+world and tokenizer exist, else the configured sequence length stands in (an upper bound).
+
+It is an estimate: it counts every evaluation batch at its full max_new_tokens (most stop early),
+and another process competing for the CPU can slow any stage several times over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from picochat.config import RunConfig
+
+SAMPLE_ROWS = 64  # rows per sampling batch of the evaluations (picochat.eval.gold_eval.answer_prompts)
+FORWARD_COST = 1 / 3  # a forward pass costs about a third of forward + backward
+
+
+@dataclass
+class Speeds:
+    train_tokens_per_s: float
+    sample_step_s: float  # one sampling step of SAMPLE_ROWS rows
+
+
+@dataclass
+class Work:
+    train_tokens: float = 0.0
+    forward_tokens: float = 0.0
+    sample_steps: float = 0.0
+
+    def seconds(self, speeds: Speeds) -> float:
+        return ((self.train_tokens + FORWARD_COST * self.forward_tokens) / speeds.train_tokens_per_s
+                + self.sample_steps * speeds.sample_step_s)
+
+
+def measure_speeds(cfg: RunConfig, vocab_size: int, repeats: int = 3) -> Speeds:
+    """Training tokens/s and the time of one 64-row sampling step of the run's architecture here:
+    the best of a few short timings (as timeit does), so that a moment of competition for the CPU
+    does not inflate the whole estimate. The global random state is left as it was: the stages
+    after the probe draw the same numbers as without it."""
+    with torch.random.fork_rng(devices=[]):
+        return _measure_speeds(cfg, vocab_size, repeats)
+
+
+def _measure_speeds(cfg: RunConfig, vocab_size: int, repeats: int) -> Speeds:
+    from picochat.generate import SamplingConfig, generate
+    from picochat.model import GPT, lm_loss
+    from picochat.train.precision import autocast, default_device, resolve_precision
+
+    device = default_device()
+    precision = resolve_precision(cfg.pretrain.train.precision, device)
+    model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    batch = min(cfg.pretrain.train.batch_size, 8)  # enough rows for a steady rate, few enough to be quick
+    seq = min(cfg.pretrain.seq_len, cfg.model.max_seq_len)
+    ids = torch.randint(0, vocab_size, (batch, seq + 1), generator=gen).to(device)
+
+    def train_step() -> None:
+        with autocast(precision, device):
+            loss = lm_loss(model(ids[:, :-1]), ids[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step_s = _best_time(train_step, repeats, device)
+    new_tokens = 8
+    prompts = torch.randint(0, vocab_size, (SAMPLE_ROWS, 16), generator=gen).tolist()
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, seed=0)  # no stop ids: all steps run
+    model.eval()
+    with torch.no_grad(), autocast(precision, device):
+        sample_s = _best_time(lambda: generate(model, prompts, sampling), repeats, device)
+    return Speeds(batch * seq / step_s, sample_s / new_tokens)
+
+
+def _best_time(fn, repeats: int, device: torch.device) -> float:
+    """The shortest of `repeats` timed calls, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def chat_row_tokens(cfg: RunConfig, out: Path, batch_size: int) -> float:
+    """Tokens per padded chat row: the mean over random batches of the longest conversation in the
+    batch (batches pad to their longest row). From the run's world chat data when it exists."""
+    from picochat.tokenizer import Tokenizer
+
+    data, tok_file = out / "world" / "chat_train.jsonl", out / "tokenizer" / "tokenizer.json"
+    cap = min(cfg.sft.seq_len, cfg.model.max_seq_len)
+    if cfg.sft.sources or not data.exists() or not tok_file.exists():
+        return float(cap)
+    from picochat.chat import render_chat
+    from picochat.world import read_chat_examples
+
+    tokenizer = Tokenizer.load(tok_file)
+    examples = read_chat_examples(data)[:400]
+    lengths = [min(cap, len(render_chat(tokenizer, e.messages)[0])) for e in examples]
+    rng = random.Random(0)
+    batches = [max(rng.sample(lengths, min(batch_size, len(lengths)))) for _ in range(20)]
+    return sum(batches) / len(batches)
+
+
+def _gold_eval_steps(n_prompts: int, n_samples: int, max_new: int, n_models: int) -> float:
+    """Sampling steps of evaluate_gold on n_models models: greedy plus n_samples samples per prompt."""
+    if n_prompts <= 0:
+        return 0.0
+    batches = math.ceil(n_prompts / SAMPLE_ROWS) + math.ceil(n_prompts * n_samples / SAMPLE_ROWS)
+    return n_models * batches * max_new
+
+
+def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
+    """The work of one stage under this config (None: world and tokenizer, which take seconds)."""
+    if name == "pretrain":
+        t, seq = cfg.pretrain.train, cfg.pretrain.seq_len
+        evals = t.max_steps // t.eval_every + 1 if t.eval_every else 1
+        return Work(train_tokens=t.max_steps * t.batch_size * t.grad_accum_steps * seq,
+                    forward_tokens=evals * t.eval_batches * t.batch_size * seq)
+    if name == "sft":
+        s = cfg.sft
+        t = s.train
+        return Work(train_tokens=t.max_steps * t.batch_size * t.grad_accum_steps * chat_tokens,
+                    sample_steps=_gold_eval_steps(s.eval_prompts, s.eval_samples, s.eval_max_new_tokens, 2))
+    if name == "label":
+        lc = cfg.label
+        batches = math.ceil(lc.n_prompts / lc.batch_prompts) + math.ceil(lc.n_test_prompts / lc.batch_prompts)
+        return Work(sample_steps=batches * lc.max_new_tokens * max(1.0, lc.batch_prompts * lc.k / SAMPLE_ROWS))
+    if name == "rm":
+        t, lc = cfg.rm.train, cfg.label
+        # then it scores the training answers (to fit its normalisation) and the held-out ones
+        scored = (min(cfg.rm.normalize_on, lc.n_prompts) + lc.n_test_prompts) * lc.k * chat_tokens
+        return Work(train_tokens=t.max_steps * t.batch_size * t.grad_accum_steps * lc.k * chat_tokens,
+                    forward_tokens=scored)
+    if name == "ppo":
+        p = cfg.ppo
+        rows = p.rollout_prompts * (chat_tokens / 2 + p.max_new_tokens)  # a prompt, padded to the longest answer
+        per_iteration = Work(train_tokens=2 * p.epochs * rows, forward_tokens=4 * rows,  # policy+value; 4 models read
+                             sample_steps=p.max_new_tokens * max(1.0, p.rollout_prompts / SAMPLE_ROWS))
+        evals = _gold_eval_steps(p.eval_prompts, p.eval_samples, p.eval_max_new_tokens, 2) \
+            + _gold_eval_steps(p.eval_prompts, 0, p.eval_max_new_tokens, 1)  # + KL samples
+        return Work(per_iteration.train_tokens * p.iterations, per_iteration.forward_tokens * p.iterations,
+                    per_iteration.sample_steps * p.iterations + evals)
+    if name == "dpo":
+        d = cfg.dpo
+        t = d.train
+        pair_tokens = t.max_steps * t.batch_size * t.grad_accum_steps * 2 * chat_tokens
+        evals = _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, 2) \
+            + _gold_eval_steps(d.eval_prompts, d.kl_samples - 1, d.eval_max_new_tokens, 1)
+        return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)
+    if name == "report":
+        r = cfg.report
+        return Work(sample_steps=_gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4))
+    return None
+
+
+def fmt_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_seconds(cfg: RunConfig, out: Path, names: list[str], speeds: Speeds) -> dict[str, float | None]:
+    chat_tokens = chat_row_tokens(cfg, Path(out), cfg.sft.train.batch_size)
+    result: dict[str, float | None] = {}
+    for name in names:
+        work = stage_work(name, cfg, chat_tokens)
+        result[name] = work.seconds(speeds) if work is not None else None
+    return result

@@ -1,0 +1,205 @@
+"""The before/after comparison: every model of a run answers the same held-out prompts.
+
+The pretrained, SFT, PPO and DPO models each answer one shared set of held-out prompts, greedily and
+with one sample at temperature 1 (the distribution RLHF optimises). Every answer is scored by the
+run's reward model and, on the built-in world, by the gold scorer. The per-prompt results go to
+`<out>/report/compare.json` and are reused while the models, the reward model and the report config
+are unchanged, so `picochat report` regenerates the text and plots in seconds.
+
+A model, the reward model or the gold scorer that the run does not have is left out: its scores are
+None and the report prints "n/a".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from picochat.config import RunConfig
+from picochat.io import atomic_write_json
+
+MODELS = ("pretrain", "sft", "ppo", "dpo")  # stage directories, in pipeline order
+MODEL_NAMES = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO", "dpo": "DPO"}
+DECODINGS = {"sampled": 1.0, "greedy": 0.0}  # name -> temperature
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+@dataclass
+class HeldOutPrompt:
+    messages: list[dict]  # OpenAI-style, ending with the user turn to answer
+    task: str  # the world task type, or the record's "task", or "all"
+    lang: str  # "en" | "zh" (world prompts know it; others: "zh" when the text has CJK characters)
+
+
+def held_out_prompts(out: Path, n: int) -> tuple[list[HeldOutPrompt], str]:
+    """(up to n held-out chat prompts, the file they come from): the world's test prompts (the ones
+    SFT, PPO and DPO are evaluated on), else the prompts of the labeling stage's held-out file.
+    Prompts a model trained on are never used; a run with neither file has no comparison (its PPO
+    and DPO summaries still hold their own before/after on held-out prompts)."""
+    from picochat.train.sft import held_out_subset
+
+    world_test = out / "world" / "chat_test.jsonl"
+    if world_test.exists():
+        from picochat.world import read_chat_examples
+
+        examples = held_out_subset(read_chat_examples(world_test), n)
+        return [HeldOutPrompt(e.prompt(), e.task, e.lang) for e in examples], str(world_test)
+    label_test = out / "label" / "preferences_test.jsonl"
+    if label_test.exists():
+        from picochat.data.preferences import read_preferences
+
+        records, _ = read_preferences(label_test, skip_invalid=True)
+        unique: dict[str, HeldOutPrompt] = {}
+        for r in records:
+            if r.prompt is not None:
+                text = " ".join(m["content"] for m in r.prompt)
+                unique.setdefault(repr(r.prompt), HeldOutPrompt(
+                    [dict(m) for m in r.prompt], str(r.meta.get("task") or "all"),
+                    str(r.meta.get("lang") or ("zh" if _CJK.search(text) else "en"))))
+        return held_out_subset(list(unique.values()), n), str(label_test)
+    return [], ""
+
+
+def _stage_fingerprint(stage_dir: Path) -> str | None:
+    """What identifies a finished stage's model: its summary's fingerprint (or the file's stamp)."""
+    summary = stage_dir / "summary.json"
+    if not summary.exists() or not (stage_dir / "model.safetensors").exists():
+        return None
+    fp = json.loads(summary.read_text(encoding="utf-8")).get("fingerprint")
+    if fp:
+        return fp
+    st = (stage_dir / "model.safetensors").stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt]) -> dict:
+    blob = json.dumps([asdict(p) for p in prompts], sort_keys=True, ensure_ascii=False)
+    return {
+        "report": {k: v for k, v in asdict(cfg.report).items() if k in ("eval_prompts", "max_new_tokens", "seed")},
+        "models": {m: _stage_fingerprint(out / m) for m in MODELS},
+        "reward_model": _stage_fingerprint(out / "rm"),
+        "gold": (out / "world" / "world.json").exists(),
+        "prompts": hashlib.sha256(blob.encode()).hexdigest()[:16],
+    }
+
+
+def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    """Answers and scores of every finished model on the same held-out prompts (reused from
+    `<out>/report/compare.json` when nothing they depend on changed)."""
+    out = Path(out)
+    path = out / "report" / "compare.json"
+    prompts, source = held_out_prompts(out, cfg.report.eval_prompts) if cfg.report.eval_prompts else ([], "")
+    key = comparison_key(cfg, out, prompts)
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            print(f"[report] models, reward model and prompts unchanged: reusing the comparison in {path}")
+            return cached
+    t0 = time.perf_counter()
+    result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
+    models = [m for m in MODELS if key["models"][m] is not None]
+    if prompts and models:
+        print(f"[report] {len(models)} models answer the same {len(prompts)} held-out prompts from {source} "
+              f"(greedy and one T=1 sample each)")
+        result["models"] = _answer_and_score(cfg, out, prompts, models, key, show_progress)
+    result["wall_s"] = time.perf_counter() - t0
+    atomic_write_json(path, result)
+    return result
+
+
+def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], models: list[str], key: dict,
+                      show_progress: bool) -> dict:
+    import torch
+
+    from picochat.train.precision import default_device, resolve_precision
+
+    device = default_device()
+    precision = resolve_precision("auto", device)
+    threads = torch.get_num_threads()
+    if cfg.report.threads > 0 and device.type == "cpu":
+        torch.set_num_threads(cfg.report.threads)
+    try:
+        return _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress) -> dict:
+    from picochat.checkpoint import load_model_dir
+    from picochat.chat import render_prompt
+    from picochat.eval.gold_eval import answer_prompts
+    from picochat.generate import SamplingConfig
+    from picochat.reward import RewardModel
+    from picochat.tokenizer import Tokenizer
+
+    reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
+    gold = None
+    if key["gold"]:
+        from picochat.world import GoldScorer, read_world
+
+        gold = GoldScorer(read_world(out / "world" / "world.json")[0])
+    messages = [p.messages for p in prompts]
+    results: dict[str, dict] = {}
+    for name in models:
+        model, meta = load_model_dir(out / name, device)
+        tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
+        longest = max(len(render_prompt(tokenizer, m)) for m in messages)
+        max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
+        if max_new < 1:
+            raise ValueError(f"held-out prompts of up to {longest} tokens leave {name} (max_seq_len "
+                             f"{model.cfg.max_seq_len}) no room to answer; use shorter prompts or a longer model.max_seq_len")
+        results[name] = {}
+        for decoding, temperature in DECODINGS.items():
+            sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature, seed=cfg.report.seed)
+            answers = answer_prompts(model, tokenizer, messages, sampling, precision, show_progress=show_progress,
+                                     desc=f"{MODEL_NAMES[name]}: {decoding}")
+            texts = [t for t, _ in answers]
+            finished = [f for _, f in answers]
+            rm_scores = reward.score(messages, texts, finished) if reward else [None] * len(texts)
+            gold_scores = ([gold.score(m, t, finished=f) for m, t, f in zip(messages, texts, finished)]
+                           if gold else [None] * len(texts))
+            results[name][decoding] = [
+                {"answer": t, "finished": f, "rm": r, "gold": g}
+                for t, f, r, g in zip(texts, finished, rm_scores, gold_scores)
+            ]
+        del model
+    return results
+
+
+# -- statistics of a comparison (pure functions of compare.json) ------------------------------
+
+def _mean_median(values: list) -> dict:
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "median": None}
+    return {"mean": statistics.fmean(xs), "median": statistics.median(xs)}
+
+
+def score_stats(comparison: dict, model: str, decoding: str, group: str | None = None) -> dict:
+    """{"n", "gold": {mean, median}, "rm": {mean, median}, "eos_rate"} of one model's answers,
+    overall (group=None) or {group value: that dict} grouped by "task" or "lang"."""
+    rows = comparison["models"].get(model, {}).get(decoding)
+    if rows is None:
+        return {}
+    prompts = comparison["prompts"]
+    if group is not None:
+        buckets: dict[str, list[dict]] = defaultdict(list)
+        for p, r in zip(prompts, rows):
+            buckets[p[group]].append(r)
+        return {g: _stats(rs) for g, rs in sorted(buckets.items())}
+    return _stats(rows)
+
+
+def _stats(rows: list[dict]) -> dict:
+    return {
+        "n": len(rows),
+        "gold": _mean_median([r["gold"] for r in rows]),
+        "rm": _mean_median([r["rm"] for r in rows]),
+        "eos_rate": statistics.fmean(bool(r["finished"]) for r in rows) if rows else None,
+    }

@@ -1,0 +1,279 @@
+"""report.md: the text of the report, a pure function of the run's files.
+
+Every figure printed here is read from the run directory (stage summaries and metrics, and the
+model comparison in report/compare.json); anything missing prints as "n/a".
+"""
+
+from __future__ import annotations
+
+import math
+
+from picochat.eval.gold_eval import paired_difference
+from picochat.report.collect import STAGE_ORDER, RunFiles, stage_figures
+from picochat.report.compare import MODEL_NAMES, score_stats
+
+NA = "n/a"
+
+HOW_TO_READ = """\
+**How to read this.** Each stage starts from the model of the stage before it: pretraining teaches
+the model the language and the facts of its corpus (it has never seen a chat, so it answers
+poorly), SFT teaches it to answer in the assistant format, and PPO and DPO use the ranked answers
+to move the SFT model towards what the labeler preferred. Two scores judge every answer. The
+*gold score* (0 to 1) comes from a program that knows every fact of the built-in world and checks
+correctness, safety and style: it is what we actually want, and the models never see it. The
+*reward-model (RM) score* is what the reward model, trained on the labeler's noisy rankings,
+believes; it is normalised so that SFT samples score about 0 with a spread of 1, so read it
+relative to the SFT row. A healthy RLHF run raises both; an RM score that rises while the gold
+score does not is reward hacking (the policy found what the reward model wrongly likes), and the
+KL to SFT says how far the tuned model drifted to get there. *T=1 samples* are the distribution
+PPO optimises; *greedy* answers are what the model says when it picks its most likely token. A
+median far from the mean means a few answers carry the mean; a difference whose 95% interval
+contains 0 may be noise. MFU is the share of this machine's measured matmul peak that the training
+steps used. A run without the built-in world has no gold scorer: its gold columns read n/a."""
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    return format(value, spec)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return NA
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def fmt_count(value: float | None) -> str:
+    if value is None:
+        return NA
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or "*(empty)*"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _final_metrics(stage: str, summary: dict) -> str:
+    from picochat.pipeline import STAGES
+
+    try:
+        return STAGES[stage].summary_line(summary)
+    except (KeyError, TypeError, ValueError):
+        return NA
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def stages_section(run: RunFiles, planned: list[str]) -> list[str]:
+    """One row per stage of the run (planned: the stages its config has) and per stage with a summary."""
+    rows = []
+    for stage in [s for s in STAGE_ORDER if s in planned or s in run.summaries]:
+        if stage not in run.summaries:
+            rows.append([stage, *[NA] * 5, "not run"])
+            continue
+        f = stage_figures(run, stage)
+        rows.append([stage, fmt_duration(f["wall_s"]), fmt_count(f["tokens"]), fmt(f["tokens_per_s"], ",.0f"),
+                     fmt(f["mfu"] * 100 if f["mfu"] is not None else None, ".1f") + ("%" if f["mfu"] is not None else ""),
+                     fmt(f["peak_memory_mb"], ",.0f") + (" MB" if f["peak_memory_mb"] is not None else ""),
+                     _cell(_final_metrics(stage, run.summaries[stage]))])
+    total = sum(f for f in (stage_figures(run, s)["wall_s"] for s in run.summaries) if f is not None)
+    return [
+        "## Stages", "",
+        "Wall-clock of each stage as it ran (a reused stage keeps the time it took when it ran). Tokens are "
+        "those the stage trained on (label: the answers it sampled; PPO: what its policy and value updates "
+        "trained on, per second of its iterations, sampling included, and its MFU counts those updates only). "
+        "Peak memory is the process's peak resident memory during the stage.", "",
+        *_table(["stage", "wall-clock", "tokens", "tokens/s", "MFU", "peak memory", "final metrics"], rows), "",
+        f"Total: {fmt_duration(total if run.summaries else None)} over {_plural(len(run.summaries), 'stage')}.", "",
+    ]
+
+
+def _models(comparison: dict) -> list[str]:
+    return [m for m in MODEL_NAMES if m in comparison.get("models", {})]
+
+
+def _overall_table(comparison: dict, decoding: str) -> list[str]:
+    rows = []
+    for m in _models(comparison):
+        s = score_stats(comparison, m, decoding)
+        rows.append([MODEL_NAMES[m], fmt(s["rm"]["mean"]), fmt(s["rm"]["median"]), fmt(s["gold"]["mean"]),
+                     fmt(s["gold"]["median"]), fmt(s["eos_rate"], ".2f")])
+    return _table(["model", "RM score mean", "RM score median", "gold score mean", "gold score median",
+                   "finished"], rows)
+
+
+def _grouped_table(comparison: dict, group: str) -> list[str]:
+    models = _models(comparison)
+    stats = {m: score_stats(comparison, m, "sampled", group) for m in models}
+    groups = sorted({g for s in stats.values() for g in s})
+    rows = []
+    for g in groups:
+        n = next((stats[m][g]["n"] for m in models if g in stats[m]), 0)
+        rows.append([g, str(n),
+                     *[fmt(stats[m].get(g, {}).get("gold", {}).get("mean")) for m in models],
+                     *[fmt(stats[m].get(g, {}).get("rm", {}).get("mean")) for m in models]])
+    names = [MODEL_NAMES[m] for m in models]
+    return _table([group, "n", *[f"gold: {n}" for n in names], *[f"RM: {n}" for n in names]], rows)
+
+
+def _paired(comparison: dict, model: str, base: str, score: str) -> dict | None:
+    rows = comparison["models"].get(model, {}).get("sampled")
+    base_rows = comparison["models"].get(base, {}).get("sampled")
+    if not rows or not base_rows or rows[0][score] is None or base_rows[0][score] is None:
+        return None
+    return paired_difference([r[score] for r in rows], [r[score] for r in base_rows])
+
+
+def _gain(d: dict | None) -> str:
+    if d is None:
+        return NA
+    return f"{d['mean']:+.3f} (95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"
+
+
+def _summary_before_after(run: RunFiles) -> list[str]:
+    """The before/after that PPO and DPO measured themselves (reward-model score of T=1 samples of
+    the starting model and the tuned one on held-out prompts): all there is without shared prompts."""
+    rows = []
+    for m in ("ppo", "dpo"):
+        s = run.summary(m)
+        if "reward_after_mean" not in s:
+            continue
+        base = str(s.get("baseline", "before"))
+        rows.append([f"{base} (before {MODEL_NAMES[m]}, {m}/summary.json)", fmt(s.get("reward_before_mean")),
+                     fmt(s.get("reward_before_median")), "", ""])
+        rows.append([f"{MODEL_NAMES[m]} ({m}/summary.json)", fmt(s.get("reward_after_mean")),
+                     fmt(s.get("reward_after_median")), _gain(s.get("reward_gain")), fmt(s.get("kl"))])
+    if not rows:
+        return []
+    return ["Reward-model score of T=1 samples on held-out prompts, as measured by the tuned stage itself "
+            "(its starting model and the tuned model, the same prompts and seeds):", "",
+            *_table(["model", "RM score mean", "RM score median", "change (95% CI)", "KL to the start"], rows), ""]
+
+
+def before_after_section(run: RunFiles, comparison: dict) -> list[str]:
+    models = _models(comparison)
+    if not models:
+        own = _summary_before_after(run)
+        return ["## Before and after", "",
+                *(own or ["n/a: no model comparison (no finished model, no held-out chat prompts, or "
+                          "report.eval_prompts=0), and no before/after in the PPO or DPO summaries.", ""])]
+    n = len(comparison["prompts"])
+    lines = [
+        "## Before and after", "",
+        f"Every model answered the same {n} held-out prompts (from `{comparison['source']}`), each once "
+        "greedily and once sampled at T=1 with the same seed; each answer was scored by the run's reward model "
+        "and by the gold scorer. *finished* is the share of answers that ended with the end-of-turn token.", "",
+        "### T=1 samples", "", *_overall_table(comparison, "sampled"), "",
+        "### Greedy answers", "", *_overall_table(comparison, "greedy"), "",
+    ]
+    if "sft" in models:
+        rows = [[f"{MODEL_NAMES[m]} − SFT", _gain(_paired(comparison, m, "sft", "rm")),
+                 _gain(_paired(comparison, m, "sft", "gold"))] for m in models if m != "sft"]
+        lines += ["### Change against SFT, paired over the same prompts (T=1 samples)", "",
+                  *_table(["models", "RM score", "gold score"], rows), ""]
+    lines += ["### Per task type (T=1 samples, mean)", "", *_grouped_table(comparison, "task"), "",
+              "### Per language (T=1 samples, mean)", "", *_grouped_table(comparison, "lang"), ""]
+    return lines
+
+
+def _example_indices(comparison: dict, k: int) -> list[int]:
+    """The first prompt of each (task, language) pair, English first, so that the first ones shown
+    cover every task type; at most k."""
+    first: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(comparison["prompts"]):
+        first.setdefault((p["task"], p["lang"]), i)
+    pairs = sorted(first, key=lambda pair: (pair[1] != "en", pair[1], pair[0]))
+    return [first[pair] for pair in pairs][:k]
+
+
+def samples_section(comparison: dict, k: int) -> list[str]:
+    models = _models(comparison)
+    if not models or k <= 0:
+        return []
+    lines = ["## Sample conversations", "",
+             "The same held-out prompts answered by each model (greedy), with each answer's gold and RM score.", ""]
+    for n, i in enumerate(_example_indices(comparison, k), 1):
+        p = comparison["prompts"][i]
+        lines.append(f"### {n}. {p['task']} ({p['lang']})")
+        lines.append("")
+        for m in p["messages"]:
+            lines.append(f"> **{m['role']}:** {_cell(m['content'], 600)}  ")
+        lines.append("")
+        rows = []
+        for m in models:
+            r = comparison["models"][m]["greedy"][i]
+            answer = _cell(r["answer"]) + ("" if r["finished"] else " *(cut off)*")
+            rows.append([MODEL_NAMES[m], answer, fmt(r["gold"], ".2f"), fmt(r["rm"], ".2f")])
+        lines += [*_table(["model", "answer", "gold", "RM"], rows), ""]
+    return lines
+
+
+def headline_section(run: RunFiles, comparison: dict) -> list[str]:
+    lines = ["## Headline", ""]
+    walls = [stage_figures(run, s)["wall_s"] for s in run.summaries]
+    if walls:
+        lines.append(f"- The run's {_plural(len(walls), 'stage')} took {fmt_duration(sum(w for w in walls if w is not None))} "
+                     "of wall-clock as they ran.")
+    models = _models(comparison)
+    if models:
+        n = len(comparison["prompts"])
+        for score, name in (("gold", "Gold score"), ("rm", "Reward-model score")):
+            parts = [f"{MODEL_NAMES[m]} {fmt(score_stats(comparison, m, 'sampled')[score]['mean'])}" for m in models]
+            lines.append(f"- {name} of T=1 answers to {n} held-out prompts (mean): " + ", ".join(parts) + ".")
+        for m in ("ppo", "dpo"):
+            if m in models and "sft" in models:
+                lines.append(f"- {MODEL_NAMES[m]} against SFT on the same prompts: gold "
+                             f"{_gain(_paired(comparison, m, 'sft', 'gold'))}, RM {_gain(_paired(comparison, m, 'sft', 'rm'))}.")
+    for m in ("ppo", "dpo"):
+        s = run.summary(m)
+        if not models and "reward_after_mean" in s:
+            lines.append(f"- {MODEL_NAMES[m]}: reward-model score of T=1 samples on held-out prompts ({m}/summary.json), "
+                         f"mean {fmt(s.get('reward_before_mean'))} → {fmt(s.get('reward_after_mean'))}, median "
+                         f"{fmt(s.get('reward_before_median'))} → {fmt(s.get('reward_after_median'))} "
+                         f"({s.get('baseline', 'start')} → {MODEL_NAMES[m]}).")
+    for m in ("ppo", "dpo"):
+        kl = run.summary(m).get("kl")
+        if kl is not None:
+            base = run.summary(m).get("baseline", "sft")
+            lines.append(f"- {MODEL_NAMES[m]} KL to its starting model ({MODEL_NAMES.get(base, base)}) on held-out prompts "
+                         f"({m}/summary.json): {fmt(kl)} nats.")
+    rm = run.summary("rm")
+    if "pair_accuracy" in rm:
+        lines.append(f"- Reward model held-out pair accuracy (rm/summary.json): {fmt(rm['pair_accuracy'])} against the "
+                     f"labels, {fmt(rm.get('gold_pair_accuracy'))} against the gold scorer.")
+    return lines + [""]
+
+
+def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]], preset: str | None,
+                  n_examples: int, planned: list[str], plots_note: str = "") -> str:
+    lines = [
+        f"# picochat run report: `{run.out}`", "",
+        f"Preset `{preset or NA}`. Written by `picochat report --out {run.out}` from the files of this run: "
+        "each stage's `summary.json` and `metrics.jsonl`, and the model comparison in `report/compare.json`.", "",
+        *headline_section(run, comparison),
+        HOW_TO_READ, "",
+        *stages_section(run, planned),
+        "## Curves", "",
+    ]
+    for name, caption in plots:
+        lines += [f"![{caption}](plots/{name})", "", f"*{caption}*", ""]
+    if not plots:
+        lines += [plots_note or "n/a: no metrics to plot.", ""]
+    lines += before_after_section(run, comparison)
+    lines += samples_section(comparison, n_examples)
+    return "\n".join(lines).rstrip() + "\n"

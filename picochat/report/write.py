@@ -1,0 +1,50 @@
+"""The report stage: gather, compare, plot, write."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from picochat.config import RunConfig
+from picochat.io import atomic_write_json, atomic_write_text
+from picochat.report.collect import STAGE_ORDER, read_run
+from picochat.report.compare import MODELS, compare_models, score_stats
+from picochat.report.markdown import render_report
+from picochat.report.plots import PLOTS, matplotlib_available, write_plots
+
+PLOT_FILES = [name for name, _, _ in PLOTS] + ["before_after.png"]
+
+
+def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    """Write <out>/report.md and <out>/plots/*.png; returns a summary (also <out>/report/summary.json)."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    run = read_run(out)
+    comparison = compare_models(cfg, out, show_progress)
+    plots_dir = out / "plots"
+    note = ""
+    if matplotlib_available():
+        plots = write_plots(run, comparison, plots_dir)
+    else:
+        plots, note = [], "n/a: plots need matplotlib (`pip install 'picochat[report]'`, then `picochat report`)."
+    for name in PLOT_FILES:  # a plot the run no longer has data for must not linger from an older report
+        if name not in {n for n, _ in plots}:
+            (plots_dir / name).unlink(missing_ok=True)
+    preset = cfg.preset if (out / "config.yaml").exists() else None
+    planned = list(cfg.stages) or list(STAGE_ORDER)
+    text = render_report(run, comparison, plots, preset, cfg.report.n_examples, planned, note)
+    atomic_write_text(out / "report.md", text)
+    summary = {
+        "stage": "report",
+        "report": str(out / "report.md"),
+        "plots": [str(plots_dir / n) for n, _ in plots],
+        "stages": list(run.summaries),
+        "n_prompts": len(comparison["prompts"]),
+        "models": {m: {d: score_stats(comparison, m, d) for d in comparison["models"][m]}
+                   for m in MODELS if m in comparison["models"]},
+        "compare_wall_s": comparison.get("wall_s"),
+        "wall_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / "report" / "summary.json", summary)
+    print(f"[report] wrote {out / 'report.md'} and {len(plots)} plots in {plots_dir} ({summary['wall_s']:.1f} s)")
+    return summary
