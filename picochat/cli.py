@@ -26,13 +26,15 @@ EPILOG = """\
 overrides: key=value after the options, dotted into the config, e.g.
   picochat pretrain --out runs/tiny train.max_steps=200 train.lr=1e-3
   picochat run --out runs/big model.d_model=256 pretrain.seq_len=512
-presets: picochat/configs/*.yaml (tiny = laptop CPU, small = one GPU, gpt2 = 124M, many GPUs)
+presets: picochat/configs/*.yaml (tiny = laptop CPU, small = one GPU, gpt2 = 124M, many GPUs;
+  real-data recipes: sentiment, hh, chinese)
 """
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/tiny", help="run directory; each stage writes <out>/<stage>/ (default: runs/tiny)")
-    p.add_argument("--preset", default=None, help="config preset: tiny (default), small, gpt2")
+    p.add_argument("--preset", default=None, help="config preset: tiny (default), small, gpt2; real-data recipes: "
+                   "sentiment, hh, chinese")
     p.add_argument("--config", default=None, help="a YAML file of config values, applied over the preset")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
@@ -50,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline (or --stages a,b)", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(run)
-    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm,ppo,dpo")
+    run.add_argument("--stages", default=None, help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm,ppo,dpo,report "
+                     "(default: the run's `stages`, all of them unless the preset says otherwise, then the report)")
+
+    rp = sub.add_parser("report", help="write <out>/report.md and <out>/plots/ from a run's files",
+                        description="Rewrite the run's report: per-stage figures, curves, before/after tables of every "
+                                    "model on the same held-out prompts (the model comparison is reused while the "
+                                    "models are unchanged), and sample conversations.",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(rp)
 
     for name, help_text in STAGE_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
@@ -74,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--response", action="append", help="a response to score (repeat to compare several)")
     sc.add_argument("--file", help="JSONL of preference records or {\"prompt\", \"response\"} lines; scores go to stdout")
     sc.add_argument("--raw", action="store_true", help="print raw scores, without the fitted normalisation")
+
+    from picochat.serve_cli import add_serve_arguments
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible API server with a web chat page and a labeling page",
+                        description="Serve a model over HTTP: OpenAI's chat/completions API (batched), a chat page "
+                                    "at /, a page at /label where people rank answers into a preference JSONL, "
+                                    "and reward-model scores at /v1/score (--rm).")
+    add_serve_arguments(sv)
+
+    from picochat.hf.export import add_export_arguments
+
+    ex = sub.add_parser("export", help="export a model as a Hugging Face (Llama) checkpoint",
+                        description="Write config.json, model.safetensors, tokenizer files with the chat template "
+                                    "and a model card, loadable with transformers (a reward model as "
+                                    "LlamaForSequenceClassification).")
+    add_export_arguments(ex)
 
     s = sub.add_parser("sample", help="sample text from a trained model",
                        description="Continue a prompt with a trained model (batched KV-cache sampling).")
@@ -120,6 +146,9 @@ def _cmd_sample(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from picochat.cpu_allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before the first tensor exists: see picochat/cpu_allocator.py
     from picochat.config import ConfigError
     from picochat.data.readers import CorpusError
 
@@ -132,21 +161,38 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_score(args)
         if args.command == "label" and not args.auto:
-            raise ValueError("human ranking happens in the labeling web page, which is not built yet; "
-                             "use `picochat label --auto` for the built-in labeler")
+            raise ValueError(f"people rank answers in the labeling web page: run `picochat serve --ckpt "
+                             f"{Path(args.out) / 'sft'} --label-prompts PROMPTS.jsonl` and open "
+                             "http://127.0.0.1:8000/label (rankings go to <out>/human_labels/preferences.jsonl); "
+                             "or use `picochat label --auto` for the built-in labeler")
+        if args.command == "serve":
+            from picochat.serve_cli import cmd_serve
+
+            return cmd_serve(args)
         if args.command == "chat":
             from picochat.chat_cli import cmd_chat
 
             return cmd_chat(args)
+        if args.command == "export":
+            from picochat.hf.export import cmd_export
+
+            return cmd_export(args)
+        if args.command == "report":
+            from picochat.report import write_report
+
+            write_report(_config_for(args, default_section="report"), Path(args.out), show_progress=not args.no_progress)
+            return 0
+        from picochat import distributed
         from picochat.pipeline import run_pipeline, run_stage
 
-        if args.command == "run":
-            cfg = _config_for(args, default_section=None)
-            stages = args.stages.split(",") if args.stages else None
-            run_pipeline(cfg, Path(args.out), stages, show_progress=not args.no_progress)
-        else:
-            cfg = _config_for(args, default_section=args.command if args.command != "world" else "world")
-            run_stage(args.command, cfg, Path(args.out), show_progress=not args.no_progress, force=args.force)
+        with distributed.session():  # under torchrun: join the process group, rank 0 prints
+            if args.command == "run":
+                cfg = _config_for(args, default_section=None)
+                stages = args.stages.split(",") if args.stages else None
+                run_pipeline(cfg, Path(args.out), stages, show_progress=not args.no_progress)
+            else:
+                cfg = _config_for(args, default_section=args.command if args.command != "world" else "world")
+                run_stage(args.command, cfg, Path(args.out), show_progress=not args.no_progress, force=args.force)
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)

@@ -24,6 +24,8 @@ from picochat.model import ModelConfig
 from picochat.world import ChatTasksConfig, WorldConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
+# Every stage a run can have, in pipeline order (picochat.pipeline.STAGES describes them).
+STAGE_NAMES = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo")
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,7 @@ class TrainConfig:
     seed: int = 1337
     threads: int = 0  # torch CPU threads (0 = torch's default)
     tensorboard: bool = False  # also write TensorBoard events (needs `pip install picochat[tensorboard]`)
+    parallel: str = "ddp"  # under torchrun: ddp (a copy per process) | fsdp (FSDP2: shard params, grads, AdamW state)
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_batches")
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ConfigError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallel must be ddp or fsdp, got {self.parallel!r}")
 
 
 @dataclass
@@ -106,7 +111,7 @@ def _sft_train_defaults() -> TrainConfig:
 @dataclass
 class SFTConfig:
     sources: list[str] = field(default_factory=list)  # chat JSONL files/dirs; empty = the world's chat tasks
-    init: str = ""  # model directory to start from; empty = <out>/pretrain
+    init: str = ""  # model to start from: a stage of this run (e.g. pretrain) or a directory; empty = pretrain
     max_examples: int = 0  # read at most this many conversations per source (0 = all)
     val_fraction: float = 0.05  # held-out share of your own data (world tasks have their own test split)
     seq_len: int = 256  # conversations are cut to this many tokens
@@ -126,7 +131,7 @@ def _rm_train_defaults() -> TrainConfig:
 @dataclass
 class RMConfig:
     sources: list[str] = field(default_factory=list)  # preference JSONL files/dirs; empty = <out>/label/
-    init: str = ""  # model directory to start from; empty = <out>/sft
+    init: str = ""  # model to start from: a stage of this run (e.g. pretrain) or a directory; empty = sft
     max_records: int = 0  # read at most this many records (0 = all)
     val_fraction: float = 0.1  # held-out share of your own data (the built-in labels have a test file)
     seq_len: int = 256  # prompt + response tokens per row
@@ -152,11 +157,16 @@ def _ppo_train_defaults() -> TrainConfig:
 
 @dataclass
 class PPOConfig:
-    init: str = ""  # policy start and frozen reference; empty = <out>/sft
-    reward_model: str = ""  # empty = <out>/rm
-    value_init: str = ""  # value model start; empty = the reward model
-    prompts: list[str] = field(default_factory=list)  # preference/chat JSONL whose prompts to use; empty = world
-    rollout_prompts: int = 64  # prompts (one response each) per iteration
+    init: str = ""  # policy start and frozen reference: a stage of this run or a directory; empty = sft
+    reward_model: str = ""  # a stage of this run or a directory; empty = rm
+    value_init: str = ""  # value model start (stage or directory); empty = the reward model
+    # Prompt files: chat/preference JSONL (format=chat) or a text corpus (format=text); empty = world
+    prompts: list[str] = field(default_factory=list)
+    format: str = "chat"  # chat: prompts are conversations, answers end with <|im_end|> | text: plain continuations
+    prompt_field: str = "text"  # format=text: the field of the prompt files that holds the text
+    prompt_tokens: int = 8  # format=text: a prompt is the first this-many tokens of a document
+    max_prompt_tokens: int = 0  # skip longer prompts (0 = whatever leaves max_new_tokens of room)
+    rollout_prompts: int = 64  # prompts (one response each) per iteration, per process under torchrun
     max_new_tokens: int = 64
     temperature: float = 1.0  # rollout temperature, also used for the training log-probs
     no_eos_penalty: float = -1.0  # added to the score of a response that never ended
@@ -169,7 +179,7 @@ class PPOConfig:
     lam: float = 0.95
     whiten_rewards: bool = False
     epochs: int = 4  # PPO epochs over each rollout batch
-    minibatch_size: int = 16  # rows per optimizer step (split into train.grad_accum_steps micro-batches)
+    minibatch_size: int = 16  # rows per optimizer step and process (split into train.grad_accum_steps micro-batches)
     clip_range: float = 0.2
     vf_clip_range: float = 0.2
     vf_coef: float = 0.1
@@ -193,12 +203,21 @@ class PPOConfig:
         return self.train.precision
 
     def validate(self) -> None:
+        if self.format not in ("chat", "text"):
+            raise ConfigError(f"ppo.format must be chat or text, got {self.format!r}")
+        if self.format == "text" and not self.prompts:
+            raise ConfigError("ppo.format=text needs ppo.prompts: the text files whose openings PPO continues")
+        if self.prompt_tokens < 1:
+            raise ConfigError(f"ppo.prompt_tokens must be >= 1, got {self.prompt_tokens}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ConfigError(f"ppo.kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
         if self.temperature <= 0:
             raise ConfigError("ppo.temperature must be > 0 (the policy's log-probs are taken at this temperature)")
         if self.rollout_prompts < 1 or self.minibatch_size < 1 or self.epochs < 1:
             raise ConfigError("ppo.rollout_prompts, minibatch_size and epochs must be >= 1")
+        if self.train.parallel != "ddp":
+            raise ConfigError("ppo.train.parallel must be ddp: every process samples its rollouts from the whole "
+                              "policy, which FSDP would have to gather at every generated token")
         self.train.validate()
 
 
@@ -213,7 +232,7 @@ def _dpo_train_defaults() -> TrainConfig:
 @dataclass
 class DPOConfig:
     sources: list[str] = field(default_factory=list)  # preference files/dirs; empty = <out>/label/ (+ its test file)
-    init: str = ""  # policy start and reference model; empty = <out>/sft
+    init: str = ""  # policy start and reference model: a stage of this run or a directory; empty = sft
     beta: float = 0.1  # KL strength: the implicit reward is beta * (log pi - log pi_ref)
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo (Azar et al.)
     label_smoothing: float = 0.0  # cDPO: assumed probability that a label is flipped (sigmoid only)
@@ -241,11 +260,32 @@ class DPOConfig:
 
 
 @dataclass
+class ReportConfig:
+    """`picochat report`: every model of the run answers the same held-out prompts, scored by the
+    reward model and (on the built-in world) the gold scorer, for the before/after tables."""
+
+    eval_prompts: int = 200  # held-out prompts each model answers (0 = no model comparison)
+    max_new_tokens: int = 96
+    seed: int = 0  # T=1 sampling seed, the same for every model
+    n_examples: int = 8  # conversations shown side by side
+    # Torch CPU threads while the models answer. Sampling small batches from small models gains
+    # little from more threads, and measured on the 2-core machine with other jobs running, 2
+    # threads took 252 s where 1 took 35 s (threads spinning at barriers for the busy core).
+    threads: int = 1  # 0 = torch's default
+
+    def validate(self) -> None:
+        if self.eval_prompts < 0 or self.max_new_tokens < 1 or self.n_examples < 0:
+            raise ConfigError("report.eval_prompts and report.n_examples must be >= 0, report.max_new_tokens >= 1")
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs. `model` is the architecture the run pretrains; later stages read
     the architecture from the checkpoint they start from."""
 
     preset: str = "tiny"
+    stages: list[str] = field(default_factory=list)  # the stages this run has, in order; empty = all
+    data_root: str = ""  # relative paths in sources/prompts are taken from here (empty = the working directory)
     world: WorldConfig = field(default_factory=WorldConfig)
     tokenizer: TokenizerStageConfig = field(default_factory=TokenizerStageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -256,6 +296,7 @@ class RunConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts and lists (tuples become lists), ready for YAML/JSON."""
@@ -443,11 +484,43 @@ def build_config(
     cfg.rm.validate()
     cfg.ppo.validate()
     cfg.dpo.validate()
+    cfg.report.validate()
+    _resolve_data_root(cfg)
     try:
         cfg.model.validate()
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     return cfg
+
+
+def _resolve_data_root(cfg: RunConfig) -> None:
+    """Join relative local paths of every `sources`/`prompts` list onto `data_root` (made absolute,
+    so resolving twice changes nothing). Hugging Face names (`hf:...`) are left alone."""
+    if not cfg.data_root:
+        return
+    root = Path(cfg.data_root).expanduser().resolve()
+    cfg.data_root = str(root)
+
+    def resolve(specs: list[str]) -> list[str]:
+        return [s if s.startswith("hf:") or Path(s).expanduser().is_absolute() else str(root / s) for s in specs]
+
+    for section in (cfg.tokenizer, cfg.pretrain, cfg.sft, cfg.rm, cfg.dpo):
+        section.sources = resolve(section.sources)
+    cfg.ppo.prompts = resolve(cfg.ppo.prompts)
+
+
+def stage_reference(value: str, default: str) -> str | None:
+    """The stage of this run a model setting (`sft.init`, `ppo.reward_model`, ...) points at: its
+    default when empty, the value when it is a stage name, None when it is a directory."""
+    if not value:
+        return default
+    return value if value in STAGE_NAMES else None
+
+
+def model_location(value: str, default: str, out: Path) -> Path:
+    """Where a model setting's model lives: `<out>/<stage>` for a stage name (or the default), else the path."""
+    stage = stage_reference(value, default)
+    return Path(out) / stage if stage else Path(value)
 
 
 def config_from_dict(d: dict) -> RunConfig:

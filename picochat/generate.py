@@ -108,15 +108,20 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     B = len(prompts)
+    width = longest + cfg.max_new_tokens  # every slot this generation uses
     ids = torch.full((B, longest), pad_id, dtype=torch.long, device=device)  # (B, T) left-padded
-    mask = torch.zeros((B, longest), dtype=torch.long, device=device)
+    mask = torch.ones((B, width), dtype=torch.long, device=device)  # (B, width): 0 = left padding
     for row, prompt in enumerate(prompts):
         ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
-        mask[row, longest - len(prompt):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): each row's first real token is position 0
-
-    cache = KVCache(model.cfg, B, longest + cfg.max_new_tokens) if use_cache else None
-    logits = model(ids, position_ids=positions, attention_mask=mask, kv_cache=cache)[:, -1]  # (B, V)
+        mask[row, : longest - len(prompt)] = 0
+    positions = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)  # (B, T): each row's first real token is position 0
+    # Without padding no mask is needed: SDPA's causal path for the prompts, and while decoding
+    # every cached key is visible. The weights are packed once for all steps (pack_weights).
+    padded = any(len(p) != longest for p in prompts)
+    cache = KVCache(model.cfg, B, width, pack_weights=True) if use_cache else None
+    logits = model(ids, position_ids=positions, attention_mask=mask[:, :longest] if padded else None,
+                   kv_cache=cache)[:, -1]  # (B, V)
+    next_positions = positions[:, -1:]  # (B, 1)
 
     stop_ids = set(cfg.stop_ids)
     results = [GenerationResult(tokens=[], finish_reason="length") for _ in prompts]
@@ -135,13 +140,14 @@ def generate(
                 on_token(row, token)
         if all(finished) or step == cfg.max_new_tokens - 1:
             break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        next_positions = next_positions + 1
+        seen = longest + step + 1  # slots holding a token once this step's token is fed
+        step_mask = mask[:, :seen] if padded else None
         if use_cache:
-            logits = model(
-                next_ids[:, None], position_ids=positions[:, -1:], attention_mask=mask, kv_cache=cache
-            )[:, -1]
+            logits = model(next_ids[:, None], position_ids=next_positions, attention_mask=step_mask,
+                           kv_cache=cache)[:, -1]
         else:
             ids = torch.cat([ids, next_ids[:, None]], dim=1)
-            logits = model(ids, position_ids=positions, attention_mask=mask)[:, -1]
+            positions = torch.cat([positions, next_positions], dim=1)
+            logits = model(ids, position_ids=positions, attention_mask=step_mask)[:, -1]
     return results

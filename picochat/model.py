@@ -100,6 +100,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # the residual stream, also under autocast
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel, same math
         input_dtype = x.dtype
         x = x.to(torch.float32)
         variance = x.pow(2).mean(-1, keepdim=True)
@@ -127,9 +129,34 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (B or 1, 1, T, D)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    # x: (B, H, T, D); cos/sin: (B or 1, 1, T, D), already in x's dtype (see GPT.hidden_states)
     return x * cos + rotate_half(x) * sin
+
+
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls with `weight` run in: the autocast dtype inside autocast, else its own."""
+    if torch.is_autocast_enabled(weight.device.type):
+        return torch.get_autocast_dtype(weight.device.type)
+    return weight.dtype
+
+
+def stacked_weight(linears: tuple[nn.Linear, ...], kv_cache: "KVCache | None") -> torch.Tensor:
+    """One weight matrix for Linears that read the same input, so that one matmul computes them all
+    (q/k/v, gate/up): fewer, larger matmuls, and the input is read and cast once instead of per Linear.
+
+    Each Linear keeps its own parameter (HF's names, its own gradient), so in general the stack is
+    rebuilt per call, a copy of the weights. While decoding with a `KVCache(pack_weights=True)`
+    the weights cannot change, so the cache keeps the stack, already cast to the compute dtype
+    (detached: with gradients enabled the stack is rebuilt, so none is ever lost).
+    """
+    if kv_cache is not None and kv_cache.packed is not None and not torch.is_grad_enabled():
+        key = tuple(id(lin) for lin in linears)
+        w = kv_cache.packed.get(key)
+        if w is None:
+            dtype = compute_dtype(linears[0].weight)
+            w = kv_cache.packed[key] = torch.cat([lin.weight.detach().to(dtype) for lin in linears])
+        return w
+    return torch.cat([lin.weight for lin in linears]) if len(linears) > 1 else linears[0].weight
 
 
 class KVCache:
@@ -142,11 +169,16 @@ class KVCache:
     device and dtype (so it follows autocast without the caller having to know its dtype).
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None):
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None,
+                 pack_weights: bool = False):
         self.shape = (cfg.n_layers, 2, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.max_len = max_len
         self.length = 0
         self.kv = None
+        # pack_weights: the model's matmul weights are stacked and cast once and kept here (see
+        # `stacked_weight`); only valid while they do not change, e.g. during one `generate` call.
+        # Caches may share one dict (cache.packed = other.packed), e.g. per-step views of a batch.
+        self.packed: dict | None = {} if pack_weights else None
         if device is not None or dtype is not None:
             self.kv = torch.zeros(self.shape, device=device, dtype=dtype or torch.float32)
 
@@ -168,6 +200,19 @@ class KVCache:
         self.length = 0
 
 
+def attention(q, k, v, mask, is_causal) -> torch.Tensor:
+    """PyTorch SDPA (flash attention where it can). One exception, for speed: on CPU, when gradients
+    will flow through bf16 attention, it runs in fp32. PyTorch's CPU flash-attention backward is
+    far slower in bf16 than in fp32 (torch 2.13, q/k/v (16, 6, T, 32), 1 thread, forward + backward:
+    T=80 with a padding mask 22 vs 6 ms, T=256 causal 45 vs 35 ms), and the fp32 forward costs
+    little more. Inference (no gradients) keeps bf16, whose forward is the faster one."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):  # CPU autocast would cast q, k, v back to bf16
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -180,18 +225,21 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, is_causal, kv_cache):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        w_qkv = stacked_weight((self.q_proj, self.k_proj, self.v_proj), kv_cache)  # ((H + 2Hkv) * D, C)
+        qkv = F.linear(x, w_qkv).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, H+2Hkv, T, D)
+        # split, not slicing: its backward writes the pieces' gradients into one tensor, where each
+        # slice's backward would fill a whole zero tensor of qkv's size
+        qk, v = qkv.split([H + Hkv, Hkv], dim=1)
+        q, k = apply_rope(qk, cos, sin).split([H, Hkv], dim=1)  # queries and keys rotated in one go
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, Tk, D)
             k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.n_kv_heads != self.n_heads:  # GQA: each kv head serves n_heads/n_kv_heads query heads (HF repeat_kv)
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        if Hkv != H:  # GQA: each kv head serves n_heads/n_kv_heads query heads (HF repeat_kv)
+            k = k.repeat_interleave(H // Hkv, dim=1)
+            v = v.repeat_interleave(H // Hkv, dim=1)
+        y = attention(q, k, v, mask, is_causal)  # (B, H, T, D)
+        return F.linear(y.transpose(1, 2).reshape(B, T, -1), stacked_weight((self.o_proj,), kv_cache))
 
 
 class MLP(nn.Module):
@@ -203,8 +251,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x, kv_cache=None):
+        gate, up = F.linear(x, stacked_weight((self.gate_proj, self.up_proj), kv_cache)).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, stacked_weight((self.down_proj,), kv_cache))
 
 
 class Block(nn.Module):
@@ -217,7 +266,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask, is_causal, kv_cache):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, kv_cache)
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.mlp(self.post_attention_layernorm(x), kv_cache)
         return x
 
 
@@ -239,6 +288,10 @@ def attention_mask_for(past_len: int, T: int, attention_mask: torch.Tensor, devi
     row of all-False gives NaN in SDPA, so every query may always attend to its own slot; outputs
     at pad positions are garbage-but-finite and callers ignore them.
     """
+    if T == 1 and attention_mask is not None:  # one new token (decoding): every cached slot is in its past
+        mask = attention_mask.ne(0)  # (B, Tk), a new tensor
+        mask[:, -1] = True  # its own slot, as below
+        return mask[:, None, None, :]  # (B, 1, 1, Tk)
     q_slot = torch.arange(past_len, past_len + T, device=device)[:, None]  # (T, 1)
     k_slot = torch.arange(past_len + T, device=device)[None, :]  # (1, Tk)
     mask = (k_slot <= q_slot)[None, None]  # (1, 1, T, Tk)
@@ -309,8 +362,9 @@ class GPT(nn.Module):
                 )
             else:
                 position_ids = torch.arange(past_len, past_len + T, device=device)[None]  # (1, T)
-        cos = self.rope_cos[position_ids][:, None]  # (B or 1, 1, T, D)
-        sin = self.rope_sin[position_ids][:, None]
+        dtype = compute_dtype(self.model.embed_tokens.weight)  # what q and k will be in
+        cos = self.rope_cos[position_ids][:, None].to(dtype)  # (B or 1, 1, T, D)
+        sin = self.rope_sin[position_ids][:, None].to(dtype)
 
         # Plain causal attention over a fresh sequence takes SDPA's fast is_causal path (flash on
         # GPU). A single new token with no padding may see every cached key: no mask at all.
@@ -340,7 +394,7 @@ class GPT(nn.Module):
             input_ids, position_ids=position_ids, attention_mask=attention_mask, kv_cache=kv_cache
         )  # (B, T, C)
         if self.cfg.head == "lm":
-            return self.lm_head(h)  # (B, T, V)
+            return F.linear(h, stacked_weight((self.lm_head,), kv_cache))  # (B, T, V)
         return self.score(h).squeeze(-1)  # (B, T)
 
     def set_head(self, head: str) -> None:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from picochat.config import RunConfig, save_config
+from picochat import distributed
+from picochat.config import RunConfig, save_config, stage_reference
 from picochat.io import MetricsLog, atomic_write_json
+from picochat.memory import peak_rss_mb, reset_peak_rss
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Stage:
     upstream: tuple[str, ...]  # stages whose outputs it reads
     runner: str  # "module:function" taking (cfg, out, show_progress) and returning the summary dict
     summary_line: Callable[[dict], str]
+    distributed: bool = False  # under torchrun all processes run it (training); else rank 0 alone
 
 
 def run_world(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
@@ -40,11 +43,26 @@ def run_world(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     return {"stage": "world", **summary, "chat_tasks": chat, "wall_s": time.perf_counter() - t0}
 
 
+def tokenizer_corpus(cfg: RunConfig) -> tuple[list[str], str, str]:
+    """(sources, text field, setting name) the tokenizer learns from: its own sources, else the
+    pretraining corpus, else (empty sources) the built-in world corpus."""
+    if cfg.tokenizer.sources:
+        return list(cfg.tokenizer.sources), cfg.tokenizer.text_field, "tokenizer.sources"
+    return list(cfg.pretrain.sources), cfg.pretrain.text_field, "pretrain.sources"
+
+
+def _tokenizer_sources(cfg: RunConfig, out: Path) -> tuple[list[Path], str]:
+    from picochat.data.sources import resolve_sources
+
+    specs, text_field, key = tokenizer_corpus(cfg)
+    return (resolve_sources(specs, key) if specs else [out / "world" / "corpus.jsonl"]), text_field
+
+
 def _tokenizer_training_texts(cfg: RunConfig, out: Path):
     from picochat.data.readers import iter_corpus
 
-    sources = [Path(s) for s in cfg.tokenizer.sources] or [out / "world" / "corpus.jsonl"]
-    for i, text in enumerate(iter_corpus(sources, cfg.tokenizer.text_field)):
+    sources, text_field = _tokenizer_sources(cfg, out)
+    for i, text in enumerate(iter_corpus(sources, text_field)):
         if cfg.tokenizer.max_docs and i >= cfg.tokenizer.max_docs:
             break
         yield text
@@ -65,9 +83,9 @@ def run_tokenizer(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     )
     tok.save(out / "tokenizer")
     # Compression on the first documents: how many UTF-8 bytes one token carries.
-    sources = [Path(s) for s in cfg.tokenizer.sources] or [out / "world" / "corpus.jsonl"]
+    sources, text_field = _tokenizer_sources(cfg, out)
     n_bytes = n_tokens = 0
-    for i, text in enumerate(iter_corpus(sources, cfg.tokenizer.text_field)):
+    for i, text in enumerate(iter_corpus(sources, text_field)):
         if i >= 2000:
             break
         n_bytes += len(text.encode("utf-8"))
@@ -110,10 +128,24 @@ def run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
               f"flip_prob={lcfg.flip_prob})")
         summaries[split] = label_prompts(model, tokenizer, scorer, prompts, out / "label" / name, lcfg, precision,
                                          show_progress=show_progress)
-    return {"stage": "label", **summaries["train"], "test": summaries["test"], "wall_s": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    tokens = _sampled_tokens(tokenizer, [out / "label" / "preferences.jsonl", out / "label" / "preferences_test.jsonl"])
+    return {"stage": "label", **summaries["train"], "test": summaries["test"], "tokens": tokens,
+            "tokens_per_s": tokens / wall, "wall_s": wall}
+
+
+def _sampled_tokens(tokenizer, files: list[Path]) -> int:
+    """Tokens of all the answers in the label files: what the labeling stage sampled."""
+    from picochat.data.preferences import read_preferences
+
+    records, _ = read_preferences(files, skip_invalid=True)
+    return sum(len(tokenizer.encode(r)) for record in records for r in record.responses)
 
 
 def _rm_line(s: dict) -> str:
+    if "scalar_accuracy" in s:  # scalar labels (e.g. sentiment): no pairs
+        return (f"held-out label accuracy {s['scalar_accuracy']:.3f}, AUC {s.get('scalar_auc', float('nan')):.3f} "
+                f"({s['n_scalar']} texts)")
     line = f"held-out pair accuracy {s.get('pair_accuracy', float('nan')):.3f}"
     if "gold_pair_accuracy" in s:
         line += (f", vs gold ordering {s['gold_pair_accuracy']:.3f} "
@@ -123,7 +155,12 @@ def _rm_line(s: dict) -> str:
 
 def _policy_line(s: dict) -> str:
     if "gold_score" not in s:
-        return f"{s.get('iterations', s.get('steps'))} steps"
+        line = f"{s.get('iterations', s.get('steps'))} steps"
+        if "reward_after_mean" in s:
+            line += (f", reward-model score of samples mean {s['reward_before_mean']:.3f} -> {s['reward_after_mean']:.3f}, "
+                     f"median {s['reward_before_median']:.3f} -> {s['reward_after_median']:.3f} "
+                     f"({s['baseline']} -> {s['stage']}), KL to {s['baseline']} {s['kl']:.2f}")
+        return line
     g = s.get("gold_gain_sampled") or {}
     return (f"gold score greedy {s['gold_score']:.3f} / sampled {s['gold_score_sampled']:.3f} "
             f"(SFT {s['gold_score_sft']:.3f} / {s['gold_score_sft_sampled']:.3f}; sampled gain "
@@ -140,14 +177,14 @@ STAGES: dict[str, Stage] = {
               lambda s: f"vocab {s['vocab_size']}, {s['bytes_per_token']:.2f} bytes/token"),
         Stage("pretrain", ("model", "pretrain"), ("tokenizer",), "picochat.train.pretrain:run_pretrain",
               lambda s: (f"val loss {s['val_loss']:.3f}, ppl {s['val_ppl']:.2f}, bpb {s['val_bpb']:.3f}, "
-                         f"{s['tokens_per_s']:,.0f} tok/s ({s['precision']})")),
-        Stage("sft", ("sft",), ("pretrain", "world"), "picochat.train.sft:run_sft", _sft_line),
+                         f"{s['tokens_per_s']:,.0f} tok/s ({s['precision']})"), distributed=True),
+        Stage("sft", ("sft",), ("pretrain", "world"), "picochat.train.sft:run_sft", _sft_line, distributed=True),
         Stage("label", ("label",), ("sft", "world"), "picochat.pipeline:run_label",
               lambda s: (f"{s['n_prompts']} prompts x {s['k']} answers, mean gold {s['mean_gold']:.3f}, "
                          f"labels agree with gold on {s['pair_agreement_with_gold']:.3f} of pairs")),
-        Stage("rm", ("rm",), ("label", "sft"), "picochat.train.reward:run_rm", _rm_line),
-        Stage("ppo", ("ppo",), ("sft", "rm", "world"), "picochat.train.ppo:run_ppo", _policy_line),
-        Stage("dpo", ("dpo",), ("sft", "label", "world"), "picochat.train.dpo:run_dpo", _policy_line),
+        Stage("rm", ("rm",), ("label", "sft"), "picochat.train.reward:run_rm", _rm_line, distributed=True),
+        Stage("ppo", ("ppo",), ("sft", "rm", "world"), "picochat.train.ppo:run_ppo", _policy_line, distributed=True),
+        Stage("dpo", ("dpo",), ("sft", "label", "world"), "picochat.train.dpo:run_dpo", _policy_line, distributed=True),
     )
 }
 
@@ -156,28 +193,68 @@ def stage_fingerprint(name: str, cfg: RunConfig) -> str:
     stage = STAGES[name]
     d = cfg.to_dict()
     parts = {s: d[s] for s in stage.sections}
-    parts["upstream"] = [stage_fingerprint(u, cfg) for u in stage.upstream if _reads_upstream(name, u, cfg)]
+    for section in parts.values():
+        # DDP or FSDP changes how the work is spread over processes, not what it computes: a stage
+        # done (or checkpointed) under one is reused (or resumed) under the other.
+        if isinstance(section, dict) and isinstance(section.get("train"), dict):
+            section["train"].pop("parallel", None)
+    if name == "tokenizer" and not cfg.tokenizer.sources and cfg.pretrain.sources:
+        parts["corpus"] = tokenizer_corpus(cfg)[:2]  # it learns from the pretraining corpus
+    parts["upstream"] = [stage_fingerprint(u, cfg) for u in upstream_of(name, cfg)]
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def upstream_of(name: str, cfg: RunConfig) -> list[str]:
+    """The stages whose outputs stage `name` reads under this config. The built-in world is read
+    only when no data files of one's own are configured; a model setting (`rm.init`, ...) reads
+    the stage it names (its default stage when empty) and no stage when it is a directory."""
+    stage = STAGES[name]
+    if name == "tokenizer":
+        needed = {"world"} if not tokenizer_corpus(cfg)[0] else set()
+    elif name == "sft":
+        needed = {stage_reference(cfg.sft.init, "pretrain"), "world" if not cfg.sft.sources else None}
+    elif name == "rm":
+        needed = {stage_reference(cfg.rm.init, "sft"), "label" if not cfg.rm.sources else None}
+    elif name == "ppo":
+        reward = stage_reference(cfg.ppo.reward_model, "rm")
+        needed = {stage_reference(cfg.ppo.init, "sft"), reward, stage_reference(cfg.ppo.value_init, reward),
+                  "world" if not cfg.ppo.prompts else None}
+    elif name == "dpo":
+        needed = {stage_reference(cfg.dpo.init, "sft")} | ({"label", "world"} if not cfg.dpo.sources else set())
+    else:
+        needed = set(stage.upstream)
+    return [u for u in stage.upstream if u in needed] + [u for u in STAGES if u in needed and u not in stage.upstream]
+
+
 def _reads_upstream(name: str, upstream: str, cfg: RunConfig) -> bool:
-    """The tokenizer reads the world corpus only when no sources of its own are configured."""
-    if name == "tokenizer" and upstream == "world":
-        return not cfg.tokenizer.sources
-    if name == "sft" and upstream == "world":
-        return not cfg.sft.sources
-    if name == "sft" and upstream == "pretrain":
-        return not cfg.sft.init
-    if name == "rm" and upstream == "label":
-        return not cfg.rm.sources
-    if name == "rm" and upstream == "sft":
-        return not cfg.rm.init
-    if name == "ppo":
-        return {"sft": not cfg.ppo.init, "rm": not cfg.ppo.reward_model, "world": not cfg.ppo.prompts}[upstream]
-    if name == "dpo":
-        return {"sft": not cfg.dpo.init, "label": not cfg.dpo.sources, "world": not cfg.dpo.sources}[upstream]
-    return True
+    return upstream in upstream_of(name, cfg)
+
+
+def run_stages(cfg: RunConfig) -> list[str]:
+    """The stages this run has (`stages:` in the config; empty = all), checked, in pipeline order."""
+    names = list(cfg.stages) or list(STAGES)
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)} in stages; stages are: {', '.join(STAGES)}")
+    return [n for n in STAGES if n in names]
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Every stage of the run finds what it reads within the run (a model setting can point at a
+    directory instead), and every model fits the sequence lengths it is given."""
+    stages = run_stages(cfg)
+    for name in stages:
+        missing = [u for u in upstream_of(name, cfg) if u not in stages]
+        if missing:
+            raise ValueError(f"stage {name!r} reads stage {missing[0]!r}, which this run does not have "
+                             f"(stages: {', '.join(stages)}); add it to stages, or point the setting that names it "
+                             f"(e.g. {name}.init) at a model directory")
+    max_len = cfg.model.max_seq_len
+    if "pretrain" in stages and cfg.pretrain.seq_len > max_len:
+        raise ValueError(f"pretrain.seq_len={cfg.pretrain.seq_len} exceeds model.max_seq_len={max_len}")
+    if "ppo" in stages and cfg.ppo.format == "text" and cfg.ppo.prompt_tokens + 1 + cfg.ppo.max_new_tokens > max_len:
+        raise ValueError(f"ppo.prompt_tokens + 1 + ppo.max_new_tokens exceeds model.max_seq_len={max_len}")
 
 
 def stage_status(name: str, cfg: RunConfig, out: Path) -> str:
@@ -192,7 +269,12 @@ def stage_status(name: str, cfg: RunConfig, out: Path) -> str:
 
 
 def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, force: bool = False) -> dict:
-    """Run one stage (reusing it when complete and unchanged) and return its summary."""
+    """Run one stage (reusing it when complete and unchanged) and return its summary.
+
+    Under torchrun every process calls this. Training stages run in all of them; the others
+    (world, tokenizer, label) run in rank 0 while the rest wait. Only rank 0 changes files here;
+    the other processes then read the summary it wrote.
+    """
     out = Path(out)
     stage = STAGES[name]
     stage_dir = out / name
@@ -201,33 +283,107 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
         summary = json.loads((stage_dir / "summary.json").read_text())
         print(f"[{name}] up to date, reusing {stage_dir} ({stage.summary_line(summary)})")
         return summary
-    if status == "stale":
-        print(f"[{name}] config or inputs changed since {stage_dir} was written: starting this stage over")
-        shutil.rmtree(stage_dir)
-    for up in stage.upstream:
-        if _reads_upstream(name, up, cfg) and stage_status(up, cfg, out) != "done":
+    for up in upstream_of(name, cfg):
+        if stage_status(up, cfg, out) != "done":
             raise RuntimeError(
                 f"stage {name!r} needs stage {up!r} first: run `picochat {up} --out {out}` "
                 f"(or `picochat run --out {out}`)"
             )
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stage_dir / "stage.json", {"stage": name, "fingerprint": stage_fingerprint(name, cfg)})
-    save_config(cfg, out / "config.yaml")
-    module, function = stage.runner.split(":")
-    summary = getattr(importlib.import_module(module), function)(cfg, out, show_progress)
-    summary["fingerprint"] = stage_fingerprint(name, cfg)
-    metrics = MetricsLog(stage_dir / "metrics.jsonl")
-    if not metrics.path.exists():  # stages without a training loop log their one result
-        metrics.write({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
-    atomic_write_json(stage_dir / "summary.json", summary)
-    print(f"[{name}] done: {stage.summary_line(summary)} -> {stage_dir}")
+    distributed.barrier()  # every process has read the stage's state before rank 0 changes it
+    if distributed.is_main():
+        if status == "stale":
+            print(f"[{name}] config or inputs changed since {stage_dir} was written: starting this stage over")
+            shutil.rmtree(stage_dir)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stage_dir / "stage.json", {"stage": name, "fingerprint": stage_fingerprint(name, cfg)})
+        save_config(cfg, out / "config.yaml")
+    distributed.barrier()
+    summary: dict = {}
+    if stage.distributed or distributed.is_main():
+        module, function = stage.runner.split(":")
+        reset_peak_rss()  # this stage's peak, not the peak of the stages before it in this process
+        summary = getattr(importlib.import_module(module), function)(cfg, out, show_progress)
+    if distributed.is_main():
+        summary["fingerprint"] = stage_fingerprint(name, cfg)
+        summary["peak_rss_mb"] = peak_rss_mb()
+        metrics = MetricsLog(stage_dir / "metrics.jsonl")
+        if not metrics.path.exists():  # stages without a training loop log their one result
+            metrics.write({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
+        atomic_write_json(stage_dir / "summary.json", summary)
+        print(f"[{name}] done: {stage.summary_line(summary)} -> {stage_dir}")
+    distributed.barrier()  # the others read what rank 0 wrote
+    if not distributed.is_main():
+        summary = json.loads((stage_dir / "summary.json").read_text())
     return summary
 
 
+# The last step of `picochat run`: report.md and plots/ from the stages' files. Not a stage with
+# outputs to reuse: it is rewritten every time (in seconds, when its model comparison is reused).
+REPORT = "report"
+QUICK_STAGES = ("world", "tokenizer")  # seconds: the time estimate is said after them, with their data at hand
+
+
 def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, show_progress: bool = True) -> dict:
-    names = stages or list(STAGES)
-    unknown = [n for n in names if n not in STAGES]
+    """Run `stages` (default: the run's own, `cfg.stages`, then the report), reusing the complete ones."""
+    check_run(cfg)
+    out = Path(out)
+    names = stages or [*run_stages(cfg), REPORT]
+    unknown = [n for n in names if n not in STAGES and n != REPORT]
     if unknown:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(STAGES)}")
-    ordered = [n for n in STAGES if n in names]
-    return {name: run_stage(name, cfg, out, show_progress) for name in ordered}
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join([*STAGES, REPORT])}")
+    ordered = [n for n in STAGES if n in names] + ([REPORT] if REPORT in names else [])
+    if distributed.is_main():  # the resolved config of the whole run, also when every stage is reused
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    t0 = time.perf_counter()
+    estimate: dict[str, float | None] | None = None
+    summaries = {}
+    for name in ordered:
+        if estimate is None and name not in QUICK_STAGES and distributed.is_main():
+            estimate = print_plan(cfg, out, ordered[ordered.index(name):])
+        if name == REPORT:
+            if distributed.is_main():
+                from picochat.report import write_report
+
+                summaries[name] = write_report(cfg, out, show_progress)
+            continue
+        summaries[name] = run_stage(name, cfg, out, show_progress)
+    if distributed.is_main():
+        from picochat.estimate import fmt_seconds
+
+        planned = sum(v for v in (estimate or {}).values() if v is not None)
+        print(f"[run] finished in {fmt_seconds(time.perf_counter() - t0)}"
+              + (f" (estimated {fmt_seconds(planned)})" if planned else ""))
+    return summaries
+
+
+def print_plan(cfg: RunConfig, out: Path, names: list[str]) -> dict[str, float | None]:
+    """Say, before the long stages start, what each stage will do (reuse, resume or run) and about
+    how long it will take on this machine; returns the estimates (None: seconds; 0: reused)."""
+    from picochat.estimate import estimate_seconds, fmt_seconds, measure_speeds
+
+    status = {n: stage_status(n, cfg, out) for n in names if n in STAGES}
+    if REPORT in names:  # its model comparison is redone when any model it compares is
+        status[REPORT] = "todo" if any(s != "done" for s in status.values()) \
+            or not (out / "report" / "compare.json").exists() else "done"
+    todo = [n for n in names if status[n] != "done"]
+    if not todo:
+        return {}
+    tokenizer = out / "tokenizer" / "summary.json"
+    vocab = json.loads(tokenizer.read_text())["vocab_size"] if tokenizer.exists() else cfg.tokenizer.vocab_size
+    speeds = measure_speeds(cfg, vocab)
+    estimate = {n: 0.0 for n in names if n not in todo} | estimate_seconds(cfg, out, todo, speeds)
+    print(f"[run] plan for {out} (this machine: {speeds.train_tokens_per_s:,.0f} training tokens/s, "
+          f"{speeds.sample_step_s * 1000:.0f} ms per sampling step of 64 answers):")
+    for n in names:
+        if n not in todo:
+            what, when = "reuse", "-"
+        else:
+            resume = (out / n / "checkpoint").exists() and status[n] == "todo"
+            what = "resume" if resume else "redo" if status[n] == "stale" else "run"
+            when = "seconds" if estimate[n] is None else ("at most " if resume else "~") + fmt_seconds(estimate[n])
+        print(f"  {n:<10} {what:<7} {when}")
+    total = sum(v for v in estimate.values() if v)
+    print(f"  estimated total ~{fmt_seconds(total)} (another program using the CPU slows it down; "
+          "progress bars show each stage's own ETA)")
+    return estimate

@@ -60,6 +60,7 @@ TINY = [
     "pretrain.train.max_steps=30", "pretrain.train.batch_size=8", "pretrain.train.eval_every=15",
     "pretrain.train.eval_batches=2", "pretrain.train.log_every=5", "pretrain.train.ckpt_every=10",
     "pretrain.sample.max_new_tokens=12",
+    "report.eval_prompts=16", "report.max_new_tokens=16", "report.n_examples=4",
 ]
 
 

@@ -53,9 +53,16 @@ def test_run_writes_every_stage_with_summaries(run_dir):
 
 
 def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, capsys):
+    import time
+
+    t0 = time.perf_counter()
     assert main(["run", "--out", str(run_dir), "--no-progress", *TINY]) == 0
+    seconds = time.perf_counter() - t0
     out = capsys.readouterr().out
     assert out.count("up to date") == 8
+    assert "reusing the comparison" in out and "[report] wrote" in out  # the report is rewritten, no model runs
+    assert "[run] plan" not in out  # nothing to estimate: nothing runs
+    assert seconds < 60, seconds  # measured ≈5 s (mostly drawing the plots); generous for a loaded machine
     # A pretraining change redoes pretraining only.
     assert main(["pretrain", "--out", str(run_dir), "--no-progress", *TINY, "train.max_steps=10"]) == 0
     out = capsys.readouterr().out

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from picochat.chat import render_prompt
 from picochat.generate import SamplingConfig, generate
+from picochat.prompt import Prompt, encode_prompt, end_token_id
 from picochat.tokenizer import Tokenizer
 from picochat.train.precision import autocast
 
@@ -75,14 +75,15 @@ def sampled_kl(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
     tokenizer: Tokenizer,
-    prompts: list[list[dict]],
+    prompts: list[Prompt],
     precision: str,
     n_samples: int = 4,
     max_new_tokens: int = 96,
     seed: int = 0,
     batch_size: int = 32,
 ) -> dict:
-    """KL(policy || reference) per response on `prompts` (message lists ending with a user turn).
+    """KL(policy || reference) per response on `prompts` (message lists ending with a user turn,
+    or plain-text openings, which are continued up to <|endoftext|>).
 
     Returns {"mean", "stderr"} (the sampled estimate: mean over prompts of the mean over their
     `n_samples` samples, and its standard error over prompts), {"mean_tokenwise",
@@ -92,15 +93,16 @@ def sampled_kl(
     if not prompts:
         raise ValueError("sampled_kl needs at least one prompt")
     device = next(policy.parameters()).device
-    prompt_ids = [render_prompt(tokenizer, p) for p in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    end_id = end_token_id(tokenizer, prompts[0])
     max_len = policy.cfg.max_seq_len
     max_new = min(max_new_tokens, max_len - max(len(p) for p in prompt_ids))
     if max_new < 1:
         raise ValueError(f"a KL prompt is {max(len(p) for p in prompt_ids)} tokens, no room to answer "
                          f"within max_seq_len={max_len}")
-    # Only <|im_end|> stops: a finished response then provably ends with it, so the scored ids are
-    # exactly the sampled ones.
-    sampling = SamplingConfig(max_new_tokens=max_new, temperature=1.0, stop_ids=(tokenizer.im_end_id,))
+    # Only the end token (<|im_end|>, or <|endoftext|> for text) stops: a finished response then
+    # provably ends with it, so the scored ids are exactly the sampled ones.
+    sampling = SamplingConfig(max_new_tokens=max_new, temperature=1.0, stop_ids=(end_id,))
 
     rows, masks, owner = [], [], []  # one row per (sample, prompt)
     n_finished, n_response_tokens = 0, 0
@@ -113,7 +115,7 @@ def sampled_kl(
         with torch.no_grad(), autocast(precision, device):
             results = generate(policy, [prompt_ids[i] for _, i in chunk], batch_sampling, pad_id=tokenizer.pad_id)
         for (_, i), r in zip(chunk, results):
-            response = r.tokens + ([tokenizer.im_end_id] if r.finish_reason == "stop" else [])
+            response = r.tokens + ([end_id] if r.finish_reason == "stop" else [])
             n_finished += r.finish_reason == "stop"
             n_response_tokens += len(response)
             rows.append(np.asarray(prompt_ids[i] + response, dtype=np.int64))

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from picochat import distributed
 from picochat.chat import render_chat
 from picochat.checkpoint import load_model_dir, write_model_dir
-from picochat.config import DPOConfig, RunConfig  # noqa: F401  (DPOConfig re-exported for callers)
+from picochat.config import DPOConfig, RunConfig, model_location  # noqa: F401  (DPOConfig re-exported for callers)
 from picochat.data.preferences import PreferenceRecord, prompt_key
+from picochat.distributed import rank_share
 from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
 from picochat.io import atomic_write_text
 from picochat.tokenizer import Tokenizer
@@ -182,14 +184,29 @@ def row_logprobs(model: torch.nn.Module, data: PairData, pad_id: int, precision:
     return out
 
 
-def dpo_batch(data: PairData, batch_size: int, pad_id: int, seed: int, step: int, micro: int) -> dict[str, torch.Tensor]:
-    """`batch_size` random pairs, a pure function of (seed, step, micro) for exact resume.
+def all_row_logprobs(model: torch.nn.Module, data: PairData, pad_id: int, precision: str) -> np.ndarray:
+    """`row_logprobs` of every row; under torchrun each process scores every world_size-th row of
+    the unwrapped model and the results are summed back together, so every process has them all."""
+    rank, world = distributed.rank(), distributed.world_size()
+    if world == 1:
+        return row_logprobs(model, data, pad_id, precision)
+    mine = PairData(data.rows[rank::world], data.masks[rank::world], data.pairs[:0], data.gold_pairs[:0], [])
+    out = np.zeros(len(data.rows), dtype=np.float64)
+    out[rank::world] = row_logprobs(model, mine, pad_id, precision)
+    return distributed.all_reduce(torch.from_numpy(out)).numpy().astype(np.float32)
+
+
+def dpo_batch(data: PairData, batch_size: int, pad_id: int, seed: int, step: int, micro: int,
+              rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """`batch_size` random pairs, a pure function of (seed, step, micro) for exact resume; under
+    torchrun, process `rank`'s share of the global batch of batch_size × world_size pairs.
 
     input_ids (2B, T): the chosen rows, then the rejected rows, right-padded together;
     loss_mask (2B, T); ref_logps (2B,) in the same order.
     """
     rng = np.random.default_rng([seed, step, micro])
-    pairs = data.pairs[rng.integers(0, len(data.pairs), size=batch_size)]  # (B, 2)
+    drawn = rng.integers(0, len(data.pairs), size=batch_size * world_size)
+    pairs = data.pairs[rank_share(drawn, batch_size, rank)]  # (B, 2)
     idx = np.concatenate([pairs[:, 0], pairs[:, 1]])  # (2B,)
     ids, mask = pad_rows([data.rows[i] for i in idx], [data.masks[i] for i in idx], pad_id)
     return {"input_ids": ids, "loss_mask": mask, "ref_logps": torch.from_numpy(data.ref_logps[idx])}
@@ -236,7 +253,7 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     dcfg = cfg.dpo
     dcfg.validate()
     stage_dir = out / "dpo"
-    init_dir = Path(dcfg.init) if dcfg.init else out / "sft"
+    init_dir = model_location(dcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
     model, meta = load_model_dir(init_dir, device)
@@ -248,7 +265,7 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     seq_len = min(dcfg.seq_len, model.cfg.max_seq_len)
 
     train_records, test_records, problems = load_preference_splits(out, dcfg.sources, dcfg.max_records,
-                                                                   dcfg.val_fraction)
+                                                                   dcfg.val_fraction, key="dpo.sources")
     for p in problems[:5]:
         print(f"[dpo] skipped: {p}")
     if problems:
@@ -264,8 +281,8 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     tcfg = dcfg.train
     precision = resolve_precision(tcfg.precision, device)
     t_ref = time.perf_counter()
-    train.ref_logps = row_logprobs(model, train, tokenizer.pad_id, precision)
-    test.ref_logps = row_logprobs(model, test, tokenizer.pad_id, precision)
+    train.ref_logps = all_row_logprobs(model, train, tokenizer.pad_id, precision)
+    test.ref_logps = all_row_logprobs(model, test, tokenizer.pad_id, precision)
     print(f"[dpo] {len(train.record_ends):,} train / {len(test.record_ends):,} held-out prompts, "
           f"{len(train.pairs):,} / {len(test.pairs):,} pairs, loss={dcfg.loss}, beta={dcfg.beta}; "
           f"reference log-probs of {len(train.rows) + len(test.rows):,} responses in {time.perf_counter() - t_ref:.1f}s"
@@ -280,7 +297,8 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
 
     trainer = Trainer(
         model, tcfg, stage_dir,
-        get_batch=lambda step, micro: dpo_batch(train, tcfg.batch_size, tokenizer.pad_id, tcfg.seed, step, micro),
+        get_batch=lambda step, micro: dpo_batch(train, tcfg.batch_size, tokenizer.pad_id, tcfg.seed, step, micro,
+                                                distributed.rank(), distributed.world_size()),
         loss_fn=lambda m, b: dpo_batch_loss(m, b, dcfg.beta, dcfg.label_smoothing, dcfg.loss),
         evaluate=evaluate if len(val.pairs) or len(val.gold_pairs) else None,
         tokenizer_file=tokenizer_file, device=device, stage="dpo", show_progress=show_progress,
@@ -288,6 +306,9 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     result = trainer.fit()
     if result.interrupted:
         raise KeyboardInterrupt
+    model = trainer.full_model()
+    if model is None:  # under torchrun, rank 0 alone writes the model and evaluates it
+        return {}
     write_model_dir(stage_dir, model, tokenizer_file, {
         "stage": "dpo", "step": result.step, "init": str(init_dir), "loss": dcfg.loss, "beta": dcfg.beta,
     })

@@ -15,6 +15,7 @@ trained models, the optimizer and the KL controller, so a resumed run equals an 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -26,12 +27,14 @@ import torch
 from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
+from picochat import distributed
 from picochat.chat import write_tokenizer_config
 from picochat.checkpoint import load_model_dir, write_model_dir
-from picochat.config import PPOConfig, RunConfig
+from picochat.config import PPOConfig, RunConfig, model_location, stage_reference
 from picochat.io import MetricsLog, atomic_write_text, resolve_swapped_directory, swap_in_directory
+from picochat.prompt import reward_input
 from picochat.reward import RewardModel
-from picochat.tokenizer import Tokenizer
+from picochat.tokenizer import EOT, Tokenizer
 from picochat.train.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -43,32 +46,13 @@ from picochat.train.ppo_math import (
     policy_loss,
     token_rewards,
     value_loss,
+    whiten_with,
 )
+from picochat.train.ppo_prompts import load_ppo_prompts
 from picochat.train.precision import autocast, default_device, resolve_precision
 from picochat.train.rollout import Rollout, response_logits, response_logprobs, sample_rollout
+from picochat.train import parallel
 from picochat.train.trainer import GracefulInterrupt, build_optimizer
-
-
-def load_prompt_pool(cfg: RunConfig, out: Path) -> list[list[dict]]:
-    """Prompts to optimise on: the world's training prompts, or the prompts of your own files
-    (chat JSONL: everything before the last assistant turn; preference JSONL: the prompt)."""
-    pcfg = cfg.ppo
-    pool: dict[str, list[dict]] = {}
-    if not pcfg.prompts:
-        from picochat.world import read_chat_examples
-
-        for e in read_chat_examples(out / "world" / "chat_train.jsonl"):
-            pool.setdefault(repr(e.prompt()), e.prompt())
-    else:
-        from picochat.data.preferences import read_preferences
-
-        records, _ = read_preferences(pcfg.prompts, skip_invalid=True)
-        for r in records:
-            if r.prompt is not None:
-                pool.setdefault(repr(r.prompt), r.prompt)
-    if not pool:
-        raise ValueError("no prompts for PPO")
-    return list(pool.values())
 
 
 def kl_controller(pcfg: PPOConfig):
@@ -77,28 +61,55 @@ def kl_controller(pcfg: PPOConfig):
     return FixedKLController(pcfg.kl_coef)
 
 
+def whiten_over_ranks(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`masked_whiten` with the mean and (unbiased) variance of every process's rollouts together,
+    so advantages are scaled alike everywhere; in one process, exactly `masked_whiten`."""
+    if distributed.world_size() == 1:
+        return masked_whiten(x, mask, shift_mean)
+    valid = mask.bool()
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    total, count = distributed.all_reduce(torch.stack([torch.where(valid, x, zero).sum(), valid.to(x.dtype).sum()]))
+    mean = total / count
+    squares = distributed.all_reduce(torch.where(valid, x - mean, zero).pow(2).sum())
+    return whiten_with(x, mask, mean, squares / (count - 1), shift_mean)
+
+
 class PPOTrainer:
+    """Under torchrun every process rolls out its share of the iteration's prompts (with a sampling
+    seed of its own), advantages are whitened with the statistics of all of them, and the policy
+    and value updates run under DDP, so all processes keep the same weights; rank 0 logs and saves."""
+
     def __init__(self, cfg: RunConfig, out: Path, show_progress: bool = True):
         self.cfg, self.pcfg, self.out = cfg, cfg.ppo, Path(out)
         self.stage_dir = self.out / "ppo"
-        self.show_progress = show_progress
+        self.rank, self.world_size, self.is_main = distributed.rank(), distributed.world_size(), distributed.is_main()
+        self.show_progress = show_progress and self.is_main
         self.device = default_device()
         self.precision = resolve_precision(self.pcfg.precision, self.device)
-        init = Path(self.pcfg.init) if self.pcfg.init else self.out / "sft"
-        rm_dir = Path(self.pcfg.reward_model) if self.pcfg.reward_model else self.out / "rm"
+        init = model_location(self.pcfg.init, "sft", self.out)
+        rm_dir = model_location(self.pcfg.reward_model, "rm", self.out)
         self.policy, meta = load_model_dir(init, self.device)
         self.tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
         self.tokenizer = Tokenizer.load(self.tokenizer_file)
         self.reference, _ = load_model_dir(init, self.device)
         self.reward = RewardModel.load(rm_dir, self.device)
-        self.value, _ = load_model_dir(Path(self.pcfg.value_init) if self.pcfg.value_init else rm_dir, self.device)
+        self.value, _ = load_model_dir(model_location(self.pcfg.value_init, "", self.out) if self.pcfg.value_init
+                                       else rm_dir, self.device)
         for frozen in (self.reference, self.reward.model):
             frozen.requires_grad_(False).eval()
         self.init_dir, self.rm_dir = init, rm_dir
+        # The update's forward passes go through DDP (gradients all-reduced); rollouts, scores and
+        # old log-probs use the plain modules, which need no communication.
+        self.policy_ddp = parallel.wrap(self.policy, "ddp", self.device)
+        self.value_ddp = parallel.wrap(self.value, "ddp", self.device)
         tcfg = self.pcfg.train
         self.optimizer = build_optimizer(torch.nn.ModuleList([self.policy, self.value]), tcfg, self.device)
         self.kl_ctl = kl_controller(self.pcfg)
-        self.prompts = load_prompt_pool(cfg, self.out)
+        prompt_sets = load_ppo_prompts(self.pcfg, self.out, self.tokenizer, self.policy.cfg.max_seq_len)
+        self.prompts, self.eval_prompts = prompt_sets.train, prompt_sets.held_out  # held_out: from files only
+        self.n_prompts_too_long = prompt_sets.n_too_long
+        if len(self.prompts) < self.world_size:
+            raise ValueError(f"{len(self.prompts)} PPO prompts cannot be shared by {self.world_size} processes")
         self.metrics = MetricsLog(self.stage_dir / "metrics.jsonl")
         self.iteration = 0
         self.ptx_tokens = None
@@ -117,6 +128,8 @@ class PPOTrainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self) -> None:
+        if not self.is_main:  # all processes hold the same weights; rank 0 writes them
+            return
         tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.stage_dir))
         try:
             write_model_dir(tmp, self.policy, self.tokenizer_file, {"stage": "ppo", "iteration": self.iteration})
@@ -141,20 +154,28 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         torch.set_rng_state(state["torch_rng"])
         self.iteration = int(state["iteration"])
-        self.metrics.truncate_after(self.iteration)
+        if self.is_main:
+            self.metrics.truncate_after(self.iteration)
         return True
 
     # -- one iteration -----------------------------------------------------------------------
 
     def _prompt_batch(self) -> list[list[dict]]:
+        """`rollout_prompts` distinct prompts for this process: its share of the iteration's
+        global draw of rollout_prompts × world_size (fewer when the pool is smaller)."""
         rng = np.random.default_rng([self.pcfg.train.seed, self.iteration])
-        idx = rng.choice(len(self.prompts), size=min(self.pcfg.rollout_prompts, len(self.prompts)), replace=False)
-        return [self.prompts[i] for i in idx]
+        n_global = min(self.pcfg.rollout_prompts * self.world_size, len(self.prompts))
+        idx = rng.choice(len(self.prompts), size=n_global, replace=False)
+        return [self.prompts[i] for i in distributed.rank_share(idx, n_global // self.world_size, self.rank)]
 
     @torch.no_grad()
     def _score(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores used as reward (B,), raw normalised RM scores (B,))."""
-        rm_scores = torch.tensor(self.reward.score(ro.prompts, ro.texts, ro.finished.tolist()))
+        """(scores used as reward (B,), raw normalised RM scores (B,)). A chat answer that never
+        ended is penalised; a text continuation is cut at its length on purpose and is not."""
+        inputs = [reward_input(p, t) for p, t in zip(ro.prompts, ro.texts)]
+        rm_scores = torch.tensor(self.reward.score([p for p, _ in inputs], [r for _, r in inputs], ro.finished.tolist()))
+        if self.pcfg.format == "text":
+            return rm_scores.clone(), rm_scores
         scores = rm_scores + (~ro.finished).float() * self.pcfg.no_eos_penalty
         return scores, rm_scores
 
@@ -173,7 +194,8 @@ class PPOTrainer:
         from picochat.train.pretrain import random_windows
 
         seq = min(self.cfg.pretrain.seq_len, self.policy.cfg.max_seq_len)
-        b = random_windows(self.ptx_tokens, seq, self.pcfg.ptx_batch_size, step_seed[0], step_seed[1], step_seed[2])
+        b = random_windows(self.ptx_tokens, seq, self.pcfg.ptx_batch_size, step_seed[0], step_seed[1], step_seed[2],
+                           self.rank, self.world_size)
         return lm_loss(self.policy(b["input_ids"].to(self.device)), b["targets"].to(self.device))
 
     def iterate(self) -> dict:
@@ -182,7 +204,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         prompts = self._prompt_batch()
         ro = sample_rollout(self.policy, self.tokenizer, prompts, pcfg.max_new_tokens, pcfg.temperature,
-                            seed=seed * 100_003 + self.iteration, precision=self.precision)
+                            seed=distributed.rank_seed(seed * 100_003 + self.iteration), precision=self.precision)
         t_rollout = time.perf_counter() - t0
         scores, rm_scores = self._score(ro)
         old_logprobs, ref_logprobs, old_values = self._old_values_and_logprobs(ro)
@@ -190,9 +212,9 @@ class PPOTrainer:
         rewards, kl = token_rewards(scores.to(self.device), old_logprobs, ref_logprobs, mask, self.kl_ctl.value,
                                     kind=pcfg.kl_estimator)
         if pcfg.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = whiten_over_ranks(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, old_values, mask, gamma=pcfg.gamma, lam=pcfg.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = whiten_over_ranks(advantages, mask)
         t1 = time.perf_counter()
 
         stats: dict[str, list[float]] = {}
@@ -207,15 +229,17 @@ class PPOTrainer:
                 rows = order[start : start + mb]
                 for g in self.optimizer.param_groups:
                     g["lr"] = self._lr()
-                for m_start in range(0, len(rows), micro):
+                micro_starts = range(0, len(rows), micro)
+                for m_start in micro_starts:
                     r = torch.as_tensor(rows[m_start : m_start + micro], device=self.device)
                     weight = len(r) / len(rows)
-                    loss, s = self._minibatch_loss(ro, r, old_logprobs, old_values, advantages, returns, mask)
-                    if self.ptx_tokens is not None:
-                        ptx = self._ptx_loss([seed, self.iteration, epoch * 10_000 + start + m_start])
-                        loss = loss + pcfg.ptx_coef * ptx
-                        s["ptx_loss"] = ptx.item()
-                    (loss * weight).backward()
+                    with self._gradient_sync(enabled=m_start == micro_starts[-1]):
+                        loss, s = self._minibatch_loss(ro, r, old_logprobs, old_values, advantages, returns, mask)
+                        if self.ptx_tokens is not None:
+                            ptx = self._ptx_loss([seed, self.iteration, epoch * 10_000 + start + m_start])
+                            loss = loss + pcfg.ptx_coef * ptx
+                            s["ptx_loss"] = ptx.item()
+                        (loss * weight).backward()
                     for k, v in s.items():
                         stats.setdefault(k, []).append(v)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -227,7 +251,9 @@ class PPOTrainer:
 
         seq_kl = (kl * mask).sum(1)  # (B,) sequence KL estimate of this rollout
         mean_kl = float(seq_kl.mean())
-        self.kl_ctl.update(mean_kl, B)
+        if self.world_size > 1:  # over every process's rollouts (equal shares): all keep the same β
+            mean_kl = distributed.sum_over_ranks([mean_kl])[0] / self.world_size
+        self.kl_ctl.update(mean_kl, B * self.world_size)
         record = {
             "iteration": self.iteration + 1,
             "step": self.iteration + 1,
@@ -242,13 +268,25 @@ class PPOTrainer:
             **{k: statistics.fmean(v) for k, v in stats.items()},
             "rollout_tokens_per_s": float(mask.sum()) / max(1e-9, t_rollout),
             "train_tokens_per_s": pcfg.epochs * float(ro.attention_mask.sum()) / max(1e-9, t2 - t1),
+            "train_tokens": pcfg.epochs * float(ro.attention_mask.sum()),  # rows the updates went through
             "seconds": t2 - t0,
         }
         if self.gold is not None:
             record["gold_score"] = statistics.fmean(
                 self.gold.score(p, t, finished=bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished))
+        # Means over processes (each holds the same number of rollouts; explained variance is the
+        # mean of the processes' own), throughput summed, time the slowest's.
+        record = distributed.reduce_metrics(record, sum_keys=("rollout_tokens_per_s", "train_tokens_per_s", "train_tokens"),
+                                            max_keys=("seconds",))
         self.iteration += 1
         return record
+
+    def _gradient_sync(self, enabled: bool):
+        """Micro-steps before the last of a minibatch accumulate gradients without all-reducing them."""
+        stack = contextlib.ExitStack()
+        for wrapped in (self.policy_ddp, self.value_ddp):
+            stack.enter_context(parallel.gradient_sync(wrapped, enabled))
+        return stack
 
     def _lr(self) -> float:
         tcfg = self.pcfg.train
@@ -258,14 +296,21 @@ class PPOTrainer:
         return tcfg.lr
 
     def _minibatch_loss(self, ro, r, old_logprobs, old_values, advantages, returns, mask):
-        ids = ro.input_ids.to(self.device)[r]
+        # Only the columns these rows use: from their longest prompt's first token to their longest
+        # response's last. The rollout is padded to the longest of all rows; a minibatch of a few
+        # of them needs less (often half), and the padding columns change nothing but the cost.
         attn = ro.attention_mask.to(self.device)[r]
-        m = mask[r]
+        P = ro.prompt_width
+        prompt_len = int(attn[:, :P].sum(1).max())
+        R = max(1, int(mask[r].sum(1).max()))
+        ids = ro.input_ids.to(self.device)[r][:, P - prompt_len : P + R]
+        attn = attn[:, P - prompt_len : P + R]
+        m = mask[r][:, :R]
         with autocast(self.precision, self.device):
-            logprobs, logits = response_logprobs(self.policy, ids, attn, ro.prompt_width, self.pcfg.temperature)
-            values = response_logits(self.value, ids, attn, ro.prompt_width).float()
-        pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[r], advantages[r], m, self.pcfg.clip_range)
-        vf_loss, vf_stats = value_loss(values, old_values[r], returns[r], m, self.pcfg.vf_clip_range)
+            logprobs, logits = response_logprobs(self.policy_ddp, ids, attn, prompt_len, self.pcfg.temperature)
+            values = response_logits(self.value_ddp, ids, attn, prompt_len).float()
+        pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[r][:, :R], advantages[r][:, :R], m, self.pcfg.clip_range)
+        vf_loss, vf_stats = value_loss(values, old_values[r][:, :R], returns[r][:, :R], m, self.pcfg.vf_clip_range)
         loss = pg_loss + self.pcfg.vf_coef * vf_loss
         ent = entropy_from_logits(logits.detach(), m)
         if self.pcfg.entropy_coef:
@@ -280,29 +325,33 @@ class PPOTrainer:
         """Run the remaining iterations; returns False if interrupted (checkpoint saved)."""
         pcfg = self.pcfg
         torch.manual_seed(pcfg.train.seed)
-        if self.try_resume():
+        if self.try_resume() and self.is_main:
             tqdm.write(f"[ppo] resuming from iteration {self.iteration} (checkpoint in {self.stage_dir})")
         bar = tqdm(total=pcfg.iterations, initial=self.iteration, desc="ppo", unit="iter",
                    disable=not self.show_progress, dynamic_ncols=True)
         stop = GracefulInterrupt()
+        stopping = False  # agreed by all processes, so they stop after the same iteration
         try:
-            while self.iteration < pcfg.iterations and not stop.requested:
+            while self.iteration < pcfg.iterations and not stopping:
                 record = self.iterate()
-                self.metrics.write(record)
+                stopping = distributed.sum_over_ranks([float(stop.requested)])[0] > 0
                 bar.update(1)
-                if self.iteration % pcfg.train.log_every == 0 or self.iteration == pcfg.iterations:
-                    bar.write(" | ".join([f"iter {self.iteration:>4}"] + [
-                        f"{k} {record[k]:.3g}" for k in ("rm_score", "gold_score", "kl", "kl_coef", "entropy",
-                                                          "response_length", "eos_rate", "approx_kl", "clipfrac",
-                                                          "explained_variance") if k in record]))
+                if self.is_main:
+                    self.metrics.write(record)
+                    if self.iteration % pcfg.train.log_every == 0 or self.iteration == pcfg.iterations:
+                        bar.write(" | ".join([f"iter {self.iteration:>4}"] + [
+                            f"{k} {record[k]:.3g}" for k in ("rm_score", "gold_score", "kl", "kl_coef", "entropy",
+                                                              "response_length", "eos_rate", "approx_kl", "clipfrac",
+                                                              "explained_variance") if k in record]))
                 if (pcfg.train.ckpt_every and self.iteration % pcfg.train.ckpt_every == 0) \
-                        or self.iteration == pcfg.iterations or stop.requested:
+                        or self.iteration == pcfg.iterations or stopping:
                     self.save()
         finally:
             stop.restore()
             bar.close()
-        if stop.requested:
-            tqdm.write(f"[ppo] interrupted at iteration {self.iteration}: checkpoint saved; rerun to resume")
+        if stopping:
+            if self.is_main:
+                tqdm.write(f"[ppo] interrupted at iteration {self.iteration}: checkpoint saved; rerun to resume")
             return False
         return True
 
@@ -310,39 +359,67 @@ class PPOTrainer:
 def run_ppo(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     t0 = time.perf_counter()
     trainer = PPOTrainer(cfg, out, show_progress)
-    print(f"[ppo] {len(trainer.prompts):,} prompts; {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts} "
+    print(f"[ppo] {len(trainer.prompts):,} prompts ({cfg.ppo.format}"
+          + (f", {len(trainer.eval_prompts):,} more held out" if trainer.eval_prompts else "")
+          + (f", {trainer.n_prompts_too_long:,} too long skipped" if trainer.n_prompts_too_long else "")
+          + f"); {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts * trainer.world_size} "
           f"rollouts, {cfg.ppo.epochs} epochs; kl_coef {cfg.ppo.kl_coef} ({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'})")
     if not trainer.fit():
         raise KeyboardInterrupt
+    if not trainer.is_main:  # under torchrun, rank 0 alone writes the policy and evaluates it
+        return {}
     stage_dir = trainer.stage_dir
     write_model_dir(stage_dir, trainer.policy, trainer.tokenizer_file,
                     {"stage": "ppo", "iterations": trainer.iteration, "init": str(trainer.init_dir),
                      "reward_model": str(trainer.rm_dir)})
-    write_tokenizer_config(stage_dir)
+    # A plain-text policy (format=text) is a base model: its generations end at <|endoftext|>.
+    write_tokenizer_config(stage_dir, **({"eos_token": EOT} if cfg.ppo.format == "text" else {}))
     history = trainer.metrics.read()
     summary = {
         "stage": "ppo",
         "iterations": trainer.iteration,
         "final": history[-1] if history else {},
         "train_wall_s": sum(r["seconds"] for r in history),
+        **_throughput(trainer, history),
     }
     summary.update(evaluate_policy(cfg, Path(out), trainer, "ppo", show_progress))
     summary["wall_s"] = time.perf_counter() - t0
     return summary
 
 
+def _throughput(trainer: "PPOTrainer", history: list[dict]) -> dict:
+    """Tokens the policy and value updates trained on, per second of iteration time (sampling
+    included), and the MFU of those updates: the rollout and scoring passes are not counted."""
+    from picochat.train.precision import measured_matmul_peak_flops
+
+    tokens = sum(r.get("train_tokens", 0.0) for r in history)
+    wall = sum(r["seconds"] for r in history)
+    if not tokens or wall <= 0:
+        return {}
+    rows = trainer.pcfg.epochs * trainer.pcfg.rollout_prompts * trainer.world_size * len(history)
+    seq = max(1, round(tokens / rows))  # mean tokens per row
+    flops = tokens * (trainer.policy.flops_per_token(seq) + trainer.value.flops_per_token(seq))
+    return {"tokens": int(tokens), "tokens_per_s": tokens / wall,
+            "mfu": flops / wall / measured_matmul_peak_flops(trainer.precision, trainer.device.type)}
+
+
 def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str, show_progress: bool) -> dict:
     """Held-out evaluation of the tuned policy next to its starting (SFT) model: gold score (greedy
-    and T=1 samples), reward-model score of the samples, KL to the reference, and the paired
-    difference in gold score with a 95% CI."""
+    and T=1 samples; built-in world only), reward-model score of the samples before and after
+    (mean, median, paired gain), KL to the reference, and the paired difference in gold score with
+    a 95% CI."""
     from picochat.eval.gold_eval import evaluate_gold, gold_gains, gold_summary
     from picochat.eval.kl import sampled_kl
+    from picochat.eval.reward_eval import compare_rewards, reward_summary
     from picochat.train.sft import held_out_subset
     from picochat.world import read_chat_examples
 
     pcfg = cfg.ppo
-    if trainer.gold is None or pcfg.eval_prompts <= 0:
+    baseline = stage_reference(pcfg.init, "sft") or "reference"
+    if pcfg.eval_prompts <= 0:
         return {}
+    if trainer.gold is None:
+        return _evaluate_without_gold(trainer, pcfg, baseline, label) if trainer.eval_prompts else {}
     examples = held_out_subset(read_chat_examples(out / "world" / "chat_test.jsonl"), pcfg.eval_prompts)
     kwargs = dict(precision=trainer.precision, max_new_tokens=pcfg.eval_max_new_tokens, n_samples=pcfg.eval_samples,
                   seed=pcfg.train.seed, show_progress=show_progress)
@@ -353,11 +430,11 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
                     n_samples=1, max_new_tokens=pcfg.eval_max_new_tokens, seed=pcfg.train.seed)
     k = pcfg.eval_samples
 
-    def mean_rm_score(result: dict) -> float | None:  # RM score of the T=1 samples evaluate_gold drew
-        if "samples" not in result:
-            return None
+    def rm_scores(result: dict) -> list[float]:  # RM score of the T=1 samples evaluate_gold drew
         texts, finished = zip(*result["samples"])
-        return statistics.fmean(trainer.reward.score(prompts * k, list(texts), list(finished)))
+        return trainer.reward.score(prompts * k, list(texts), list(finished))
+
+    rewards = compare_rewards(rm_scores(before), rm_scores(after), len(prompts)) if "samples" in after else None
 
     lines = [f"# {label.upper()} vs SFT on held-out prompts (greedy)\n"]
     for a, b in list(zip(after["examples"], before["examples"]))[:12]:
@@ -371,10 +448,37 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
         "gold_score_sft": before["greedy"],
         "gold_score_sft_sampled": before.get("sampled"),
         **gold_gains(after, before),
-        "rm_score_sampled": mean_rm_score(after),
-        "rm_score_sft_sampled": mean_rm_score(before),
+        "rm_score_sampled": rewards["after"]["mean"] if rewards else None,
+        "rm_score_sft_sampled": rewards["before"]["mean"] if rewards else None,
+        **(reward_summary(rewards, baseline) if rewards else {}),
         "kl": kl["mean"],
         "kl_stderr": kl.get("stderr"),
         "gold": gold_summary(after),
         "gold_sft": gold_summary(before),
+    }
+
+
+def _evaluate_without_gold(trainer: "PPOTrainer", pcfg: PPOConfig, baseline: str, label: str) -> dict:
+    """Your own prompts (no gold scorer): reward-model score of T=1 samples of the policy and of
+    its starting model on the held-out prompts, and the KL between them."""
+    from picochat.eval.kl import sampled_kl
+    from picochat.eval.reward_eval import evaluate_reward, reward_summary, samples_markdown
+
+    prompts = trainer.eval_prompts
+    result = evaluate_reward(trainer.policy, trainer.reference, trainer.reward, trainer.tokenizer, prompts,
+                             n_samples=pcfg.eval_samples, max_new_tokens=pcfg.max_new_tokens, seed=pcfg.train.seed,
+                             precision=trainer.precision)
+    kl = sampled_kl(trainer.policy, trainer.reference, trainer.tokenizer, prompts, trainer.precision,
+                    n_samples=1, max_new_tokens=pcfg.max_new_tokens, seed=pcfg.train.seed)
+    atomic_write_text(trainer.stage_dir / "samples.md", samples_markdown(result["examples"], baseline, label))
+    for e in result["examples"][:4]:
+        print(f"  prompt: {e['prompt']!r}\n  {baseline}: {e['before']!r} ({e['before_reward']:+.2f})\n"
+              f"  {label}: {e['after']!r} ({e['after_reward']:+.2f})")
+    return {
+        **reward_summary(result, baseline),
+        "reward_eval_prompts": len(prompts),
+        "kl": kl["mean"],
+        "kl_stderr": kl.get("stderr"),
+        "kl_tokenwise": kl["mean_tokenwise"],
+        "samples": result["examples"][:8],
     }

@@ -63,7 +63,12 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     shift_mean=False adds the mean back (rescale only; TRL uses this for rewards). Masked entries
     come out as 0.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    return whiten_with(x, mask, masked_mean(x, mask), masked_var(x, mask), shift_mean)
+
+
+def whiten_with(x: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                shift_mean: bool = True) -> torch.Tensor:
+    """`masked_whiten` with given statistics (e.g. those of all processes' rollouts together)."""
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

@@ -15,9 +15,10 @@ import torch
 
 
 def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """cuda (cuda:LOCAL_RANK under torchrun) when there is a GPU, else cpu."""
+    from picochat.distributed import device
+
+    return device()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -57,7 +58,7 @@ def autocast(precision: str, device: torch.device):
 
 @functools.lru_cache(maxsize=None)
 def measured_matmul_peak_flops(precision: str, device_type: str) -> float:
-    """FLOP/s of a large square matmul on this machine, measured once (≈0.3 s on a laptop CPU).
+    """FLOP/s of a large square matmul on this machine, measured once per process (≈0.4 s on a laptop CPU).
 
     MFU is reported against this measured peak rather than a datasheet number: it tells how much
     of what this machine can actually do the training loop uses.
@@ -69,16 +70,18 @@ def measured_matmul_peak_flops(precision: str, device_type: str) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    reps = 20 if device.type == "cuda" else 6
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    return 2 * n**3 * reps / elapsed
+    reps = 20 if device.type == "cuda" else 3
+    best = 0.0
+    for _ in range(3):  # the best of 3 windows: other processes on the machine only ever slow one down
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from picochat import distributed
 from picochat.checkpoint import write_model_dir
 from picochat.config import PretrainConfig, RunConfig, SampleConfig
 from picochat.data.shards import ShardMeta, build_shards, load_shards
+from picochat.distributed import rank_share
+from picochat.data.sources import resolve_sources
 from picochat.generate import SamplingConfig, generate
 from picochat.io import atomic_write_text
 from picochat.model import GPT, ModelConfig, lm_loss
@@ -20,14 +23,16 @@ from picochat.train.precision import autocast, default_device
 from picochat.train.trainer import Trainer
 
 
-def random_windows(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, step: int, micro: int) -> dict:
+def random_windows(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, step: int, micro: int,
+                   rank: int = 0, world_size: int = 1) -> dict:
     """A batch of random (input, target) windows; a pure function of (seed, step, micro), so a
-    resumed run sees exactly the batches the uninterrupted run would have seen."""
+    resumed run sees exactly the batches the uninterrupted run would have seen. Under torchrun,
+    process `rank` gets its `batch_size` windows of the global batch of batch_size × world_size."""
     n = len(tokens)
     if n < seq_len + 1:
         raise ValueError(f"only {n} training tokens; need at least seq_len+1 = {seq_len + 1}")
     rng = np.random.default_rng([seed, step, micro])
-    starts = rng.integers(0, n - seq_len, size=batch_size)
+    starts = rank_share(rng.integers(0, n - seq_len, size=batch_size * world_size), batch_size, rank)
     rows = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])
     rows_t = torch.from_numpy(rows)  # (B, T+1)
     return {"input_ids": rows_t[:, :-1], "targets": rows_t[:, 1:]}
@@ -47,8 +52,12 @@ def bits_per_byte(loss_nats_per_token: float, n_tokens: int, n_bytes: int) -> fl
     return loss_nats_per_token * (n_tokens / max(1, n_bytes)) / math.log(2)
 
 
-def make_evaluator(val: np.ndarray, meta: ShardMeta, seq_len: int, batch_size: int, n_batches: int):
-    windows = fixed_windows(val, seq_len, n_batches * batch_size)
+def make_evaluator(val: np.ndarray, meta: ShardMeta, seq_len: int, batch_size: int, n_batches: int,
+                   rank: int = 0, world_size: int = 1):
+    """Validation loss on n_batches × batch_size fixed windows per process: under torchrun each
+    process takes its share of n_batches × batch_size × world_size windows and the sums are
+    all-reduced, so N processes with batch b evaluate what one process with batch N·b does."""
+    windows = rank_share(fixed_windows(val, seq_len, n_batches * batch_size * world_size), n_batches * batch_size, rank)
 
     def evaluate(model: torch.nn.Module) -> dict:
         device = next(model.parameters()).device
@@ -58,6 +67,8 @@ def make_evaluator(val: np.ndarray, meta: ShardMeta, seq_len: int, batch_size: i
             logits = model(chunk[:, :-1])
             total += lm_loss(logits, chunk[:, 1:]).item() * chunk[:, 1:].numel()
             count += chunk[:, 1:].numel()
+        if world_size > 1:
+            total, count = distributed.sum_over_ranks([total, count])
         loss = total / count
         return {
             "val_loss": loss,
@@ -120,28 +131,33 @@ def run_pretrain(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     if not tokenizer_file.exists():
         raise FileNotFoundError(f"{tokenizer_file} not found: run `picochat tokenizer --out {out}` first")
     tokenizer = Tokenizer.load(tokenizer_file)
-    sources = [Path(s) for s in pcfg.sources] or [out / "world" / "corpus.jsonl"]
+    sources = resolve_sources(pcfg.sources, "pretrain.sources") or [out / "world" / "corpus.jsonl"]
     t0 = time.perf_counter()
-    build_shards(sources, tokenizer, stage_dir / "data", val_fraction=pcfg.val_fraction,
-                 text_field=pcfg.text_field, show_progress=show_progress)
+    with distributed.main_process_first():  # rank 0 tokenizes; the others then find the shards built
+        build_shards(sources, tokenizer, stage_dir / "data", val_fraction=pcfg.val_fraction,
+                     text_field=pcfg.text_field, show_progress=show_progress and distributed.is_main())
     train_tokens, val_tokens, meta = load_shards(stage_dir / "data")
     device = default_device()
     mcfg = pretrain_model_config(cfg, tokenizer)
     torch.manual_seed(pcfg.train.seed)
     model = GPT(mcfg)
     tcfg = pcfg.train
+    rank, world = distributed.rank(), distributed.world_size()
     print(
         f"[pretrain] {model.num_params() / 1e6:.2f}M parameters, "
         f"{model.flops_per_token(pcfg.seq_len) / 1e6:.1f} MFLOPs/token (training), {meta.n_train_tokens:,} train tokens, "
-        f"{meta.n_val_tokens:,} val tokens, {tcfg.max_steps} steps x {tcfg.batch_size * tcfg.grad_accum_steps} x {pcfg.seq_len} tokens"
+        f"{meta.n_val_tokens:,} val tokens, {tcfg.max_steps} steps x {tcfg.batch_size * tcfg.grad_accum_steps * world} x "
+        f"{pcfg.seq_len} tokens"
+        + (f" ({world} processes, {tcfg.parallel})" if world > 1 else "")
     )
     trainer = Trainer(
         model,
         tcfg,
         stage_dir,
-        get_batch=lambda step, micro: random_windows(train_tokens, pcfg.seq_len, tcfg.batch_size, tcfg.seed, step, micro),
+        get_batch=lambda step, micro: random_windows(train_tokens, pcfg.seq_len, tcfg.batch_size, tcfg.seed, step, micro,
+                                                     rank, world),
         loss_fn=lambda m, b: lm_loss(m(b["input_ids"]), b["targets"]),
-        evaluate=make_evaluator(val_tokens, meta, pcfg.seq_len, tcfg.batch_size, tcfg.eval_batches),
+        evaluate=make_evaluator(val_tokens, meta, pcfg.seq_len, tcfg.batch_size, tcfg.eval_batches, rank, world),
         tokenizer_file=tokenizer_file,
         device=device,
         stage="pretrain",
@@ -150,6 +166,9 @@ def run_pretrain(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     result = trainer.fit()
     if result.interrupted:
         raise KeyboardInterrupt
+    model = trainer.full_model()
+    if model is None:  # under torchrun, rank 0 alone writes the model, samples and summary
+        return {}
     write_model_dir(stage_dir, model, tokenizer_file, {"stage": "pretrain", "step": result.step})
     prompts = default_prompts(cfg, out)
     samples = sample_texts(model, tokenizer, prompts, pcfg.sample, trainer.precision)

@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from picochat import distributed
 from picochat.checkpoint import load_model_dir, write_model_dir
-from picochat.config import RunConfig
+from picochat.config import RunConfig, model_location
 from picochat.data.preferences import PreferenceRecord, prompt_key, read_preferences
 from picochat.data.shards import is_val_document
+from picochat.distributed import rank_share
+from picochat.data.sources import resolve_sources
 from picochat.reward import pad_right, reward_input_ids, scores_at
 from picochat.tokenizer import Tokenizer
 from picochat.train.precision import autocast, default_device
@@ -139,10 +142,46 @@ def pair_metrics(records: list[EncodedRecord], scores: list[list[float]]) -> dic
             "n_gold_pairs": len(gold_acc),
             "gold_pair_accuracy_by_task": {t: statistics.fmean(v) for t, v in sorted(gold_by_task.items())},
         })
-    labels = [(rec.label, s[0]) for rec, s in zip(records, scores) if rec.label is not None]
-    if labels:
-        out["scalar_mse"] = statistics.fmean((y - p) ** 2 for y, p in labels)
+    return out  # scalar labels: see scalar_metrics
+
+
+def scalar_metrics(records: list[EncodedRecord], scores: list[list[float]], kind: str) -> dict:
+    """How well raw scores fit scalar labels: squared error (mse) or log loss (bce, scores are
+    logits), and for labels in {0, 1} the accuracy at the decision threshold (logit 0 for bce, 0.5
+    for mse) and the AUC, the chance that a random positive outscores a random negative (the
+    ordering PPO relies on, unchanged by the score normalisation)."""
+    pairs = [(rec.label, s[0]) for rec, s in zip(records, scores) if rec.label is not None]
+    if not pairs:
+        return {}
+    out: dict = {"n_scalar": len(pairs)}
+    if kind == "bce":
+        out["scalar_log_loss"] = statistics.fmean(
+            max(p, 0.0) - p * y + math.log1p(math.exp(-abs(p))) for y, p in pairs)  # BCE with logits
+    else:
+        out["scalar_mse"] = statistics.fmean((y - p) ** 2 for y, p in pairs)
+    if all(y in (0.0, 1.0) for y, _ in pairs):
+        threshold = 0.0 if kind == "bce" else 0.5
+        out["scalar_accuracy"] = statistics.fmean((p > threshold) == (y == 1.0) for y, p in pairs)
+        pos = sorted(p for y, p in pairs if y == 1.0)
+        neg = sorted(p for y, p in pairs if y == 0.0)
+        if pos and neg:
+            out["scalar_auc"] = _auc(pos, neg)
+            out["score_mean_positive"] = statistics.fmean(pos)
+            out["score_mean_negative"] = statistics.fmean(neg)
     return out
+
+
+def _auc(pos: list[float], neg: list[float]) -> float:
+    """P(random positive > random negative), ties counting half; both lists sorted ascending."""
+    wins, i, j = 0.0, 0, 0
+    for p in pos:
+        while i < len(neg) and neg[i] < p:
+            i += 1
+        j = max(j, i)
+        while j < len(neg) and neg[j] == p:
+            j += 1
+        wins += i + 0.5 * (j - i)
+    return wins / (len(pos) * len(neg))
 
 
 def calibration_table(records: list[EncodedRecord], scores: list[list[float]], n_bins: int = 10) -> list[dict]:
@@ -174,8 +213,8 @@ def fit_normalization(scores: list[list[float]], fit_gain: bool) -> tuple[float,
     return gain, -mean * gain
 
 
-def load_preference_splits(out: Path, sources: list[str], max_records: int, val_fraction: float
-                           ) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
+def load_preference_splits(out: Path, sources: list[str], max_records: int, val_fraction: float,
+                           key: str = "rm.sources") -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
     """(train, held-out, problems) for the reward model and DPO.
 
     Built-in: `<out>/label/preferences.jsonl` and its test file (held-out prompts). Own data:
@@ -186,7 +225,7 @@ def load_preference_splits(out: Path, sources: list[str], max_records: int, val_
         test_file = out / "label" / "preferences_test.jsonl"
         test, more = read_preferences(test_file, skip_invalid=True) if test_file.exists() else ([], [])
         return train, test, problems + more
-    records, problems = read_preferences(sources, limit=max_records, skip_invalid=True)
+    records, problems = read_preferences(resolve_sources(sources, key), limit=max_records, skip_invalid=True)
     train, test = [], []
     for r in records:
         key = prompt_key(r.prompt) + "".join(r.responses[:1])
@@ -198,7 +237,7 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     out = Path(out)
     rcfg = cfg.rm
     stage_dir = out / "rm"
-    init_dir = Path(rcfg.init) if rcfg.init else out / "sft"
+    init_dir = model_location(rcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
     model, meta = load_model_dir(init_dir, device)
@@ -230,25 +269,33 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
           + (f"; {n_cut} responses cut to {seq_len} tokens" if n_cut else ""))
 
     tcfg = rcfg.train
+    rank, world = distributed.rank(), distributed.world_size()
 
     def get_batch(step: int, micro: int) -> dict:
         rng = np.random.default_rng([tcfg.seed, step, micro])
-        idx = rng.integers(0, len(train), size=tcfg.batch_size)  # prompts per micro-batch
+        # prompts per micro-batch; under torchrun this process's share of batch_size × world_size
+        idx = rank_share(rng.integers(0, len(train), size=tcfg.batch_size * world), tcfg.batch_size, rank)
         return collate([train[i] for i in idx], tokenizer.pad_id)
 
     def evaluate(m) -> dict:
         if not test:
             return {}
-        metrics = pair_metrics(test, score_records(m, test, tokenizer.pad_id))
+        scores = score_records(m, test, tokenizer.pad_id)
+        metrics = {**pair_metrics(test, scores), **scalar_metrics(test, scores, kind)}
         return {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
 
     trainer = Trainer(
         model, tcfg, stage_dir, get_batch=get_batch, loss_fn=lambda m, b: reward_loss(m, b, kind),
         evaluate=evaluate, tokenizer_file=tokenizer_file, device=device, stage="rm", show_progress=show_progress,
+        # ranking losses average over prompts (the same number in every micro-batch); scalar ones over rows
+        loss_weight=(lambda b: b["input_ids"].shape[0]) if kind in ("mse", "bce") else None,
     )
     result = trainer.fit()
     if result.interrupted:
         raise KeyboardInterrupt
+    model = trainer.full_model()
+    if model is None:  # under torchrun, rank 0 alone fits the normalisation and writes the model
+        return {}
 
     model.eval()
     with autocast(trainer.precision, device):
@@ -272,6 +319,7 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "n_invalid_records": len(problems),
         **result.figures(),
         **held_out,
+        **scalar_metrics(test, test_scores, kind),
         "calibration": calibration_table(test, normalized_test) if test else [],
         "normalization": {"gain": gain, "bias": bias},
         "wall_s": time.perf_counter() - t0,

@@ -4,7 +4,8 @@ A rollout batch is a (B, P + R) tensor: each prompt left-padded to width P, each
 right-padded to width R, so response token j of every row sits in column P + j and the logits
 that predict it are in column P + j − 1. The response includes `<|im_end|>` when the model ended
 its answer (the policy must learn to stop) and is truncated there; a response that never ended
-is marked unfinished so the reward can penalise it.
+is marked unfinished so the reward can penalise it. A plain-text prompt (a string, see
+`picochat.prompt`) is continued as a document instead, and `<|endoftext|>` ends it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from picochat.chat import render_prompt
 from picochat.generate import SamplingConfig, generate
 from picochat.model import GPT
+from picochat.prompt import Prompt, encode_prompt, end_token_id, stop_token_ids
 from picochat.tokenizer import Tokenizer
 from picochat.train.ppo_math import logprobs_from_logits
 from picochat.train.precision import autocast
@@ -23,9 +24,9 @@ from picochat.train.precision import autocast
 
 @dataclass
 class Rollout:
-    prompts: list[list[dict]]  # the chat prompts
+    prompts: list[Prompt]  # chat prompts (message lists) or text openings (strings)
     texts: list[str]  # decoded responses (without the end token)
-    finished: torch.Tensor  # (B,) bool: the response ended with <|im_end|>
+    finished: torch.Tensor  # (B,) bool: the response ended with its end token
     input_ids: torch.Tensor  # (B, P + R)
     attention_mask: torch.Tensor  # (B, P + R) 1 = real token
     response_mask: torch.Tensor  # (B, R) 1 = response token (including the end token)
@@ -55,22 +56,23 @@ def layout(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: i
 
 
 @torch.no_grad()
-def sample_rollout(policy: GPT, tokenizer: Tokenizer, prompts: list[list[dict]], max_new_tokens: int,
+def sample_rollout(policy: GPT, tokenizer: Tokenizer, prompts: list[Prompt], max_new_tokens: int,
                    temperature: float, seed: int, precision: str) -> Rollout:
     device = next(policy.parameters()).device
-    prompt_ids = [render_prompt(tokenizer, p) for p in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    end_id = end_token_id(tokenizer, prompts[0])
     room = policy.cfg.max_seq_len - max(len(p) for p in prompt_ids)
     if room < 1:
         raise ValueError("a PPO prompt leaves no room for a response within the model's max_seq_len")
     sampling = SamplingConfig(max_new_tokens=min(max_new_tokens, room), temperature=temperature, seed=seed,
-                              stop_ids=(tokenizer.im_end_id, tokenizer.eot_id))
+                              stop_ids=stop_token_ids(tokenizer, prompts[0]))
     policy.eval()
     with autocast(precision, device):
         results = generate(policy, prompt_ids, sampling, pad_id=tokenizer.pad_id)
     finished = [r.finish_reason == "stop" for r in results]
-    # The end token is part of the response the policy is trained on; <|endoftext|> is mapped to
-    # <|im_end|> (either ends the turn; the chat format's end is <|im_end|>).
-    response_ids = [r.tokens + ([tokenizer.im_end_id] if f else []) for r, f in zip(results, finished)]
+    # The end token is part of the response the policy is trained on; in a chat, <|endoftext|> is
+    # mapped to <|im_end|> (either ends the turn; the chat format's end is <|im_end|>).
+    response_ids = [r.tokens + ([end_id] if f else []) for r, f in zip(results, finished)]
     ids, attn, resp_mask, P = layout(prompt_ids, response_ids, tokenizer.pad_id)
     return Rollout(prompts, [tokenizer.decode(r.tokens) for r in results], torch.tensor(finished), ids, attn,
                    resp_mask, P)

@@ -19,9 +19,12 @@ import numpy as np
 import torch
 
 from picochat.chat import render_chat
+from picochat import distributed
 from picochat.checkpoint import load_model_dir, write_model_dir
-from picochat.config import RunConfig
+from picochat.config import RunConfig, model_location
 from picochat.data.shards import is_val_document
+from picochat.distributed import rank_share
+from picochat.data.sources import resolve_sources
 from picochat.eval.gold_eval import evaluate_gold, gold_summary
 from picochat.io import atomic_write_text
 from picochat.model import lm_loss
@@ -62,16 +65,26 @@ def pad_batch(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dic
     return {"input_ids": torch.from_numpy(input_ids), "targets": torch.from_numpy(targets)}
 
 
-def sft_batch(examples, batch_size: int, pad_id: int, seed: int, step: int, micro: int) -> dict[str, torch.Tensor]:
-    """A random batch, a pure function of (seed, step, micro) for exact resume."""
+def sft_batch(examples, batch_size: int, pad_id: int, seed: int, step: int, micro: int,
+              rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """A random batch, a pure function of (seed, step, micro) for exact resume; under torchrun,
+    process `rank`'s share of the global batch of batch_size × world_size."""
     rng = np.random.default_rng([seed, step, micro])
-    idx = rng.integers(0, len(examples), size=batch_size)
+    idx = rank_share(rng.integers(0, len(examples), size=batch_size * world_size), batch_size, rank)
     return pad_batch([examples[i] for i in idx], pad_id)
 
 
-def make_val_loss(val_examples, batch_size: int, pad_id: int, max_examples: int):
-    batches = [pad_batch(val_examples[i : i + batch_size], pad_id)
-               for i in range(0, min(len(val_examples), max_examples), batch_size)]
+def make_val_loss(val_examples, batch_size: int, pad_id: int, max_examples: int, rank: int = 0, world_size: int = 1):
+    """Validation loss over the assistant tokens of the first max_examples held-out conversations
+    (max_examples × world_size under torchrun, every world_size-th one per process, the token
+    sums all-reduced)."""
+    examples = val_examples[: max_examples * world_size]
+    share = examples[rank::world_size]
+    # Every process runs as many forwards (FSDP needs each process in each): a shorter share is
+    # topped up with a conversation whose tokens do not count.
+    per_process = -(-len(examples) // world_size)
+    share += [(ids, np.zeros_like(mask)) for ids, mask in examples[: per_process - len(share)]]
+    batches = [pad_batch(share[i : i + batch_size], pad_id) for i in range(0, len(share), batch_size)]
 
     def evaluate(model: torch.nn.Module) -> dict:
         device = next(model.parameters()).device
@@ -79,8 +92,11 @@ def make_val_loss(val_examples, batch_size: int, pad_id: int, max_examples: int)
         for b in batches:
             logits = model(b["input_ids"].to(device))
             n = int((b["targets"] != IGNORE).sum())
-            total += lm_loss(logits, b["targets"].to(device)).item() * n
-            count += n
+            if n:
+                total += lm_loss(logits, b["targets"].to(device)).item() * n
+                count += n
+        if world_size > 1:
+            total, count = distributed.sum_over_ranks([total, count])
         return {"val_loss": total / max(1, count), "val_ppl": math.exp(min(50.0, total / max(1, count)))}
 
     return evaluate
@@ -102,7 +118,7 @@ def load_sft_data(cfg: RunConfig, out: Path):
     from picochat.data.chat_data import iter_conversations
 
     train, val = [], []
-    for source in scfg.sources:
+    for source in resolve_sources(scfg.sources, "sft.sources"):
         for conv in iter_conversations(source, limit=scfg.max_examples):
             key = json.dumps(conv, ensure_ascii=False, sort_keys=True)
             (val if is_val_document(key, scfg.val_fraction) else train).append(conv)
@@ -123,7 +139,7 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     out = Path(out)
     scfg = cfg.sft
     stage_dir = out / "sft"
-    init_dir = Path(scfg.init) if scfg.init else out / "pretrain"
+    init_dir = model_location(scfg.init, "pretrain", out)
     device = default_device()
     t0 = time.perf_counter()
     model, meta = load_model_dir(init_dir, device)
@@ -140,16 +156,25 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
           + (f"; {n_cut} cut to {seq_len + 1} tokens" if n_cut else ""))
 
     tcfg = scfg.train
+    rank, world = distributed.rank(), distributed.world_size()
     trainer = Trainer(
         model, tcfg, stage_dir,
-        get_batch=lambda step, micro: sft_batch(train, tcfg.batch_size, tokenizer.pad_id, tcfg.seed, step, micro),
+        get_batch=lambda step, micro: sft_batch(train, tcfg.batch_size, tokenizer.pad_id, tcfg.seed, step, micro,
+                                                rank, world),
         loss_fn=lambda m, b: lm_loss(m(b["input_ids"]), b["targets"]),
-        evaluate=make_val_loss(val, tcfg.batch_size, tokenizer.pad_id, tcfg.eval_batches * tcfg.batch_size) if val else None,
+        # The loss is a mean over assistant tokens, and batches differ in how many they hold: weigh
+        # micro-batches (and processes) by it, so the step's loss is the mean over all its tokens.
+        loss_weight=lambda b: int((b["targets"] != IGNORE).sum()),
+        evaluate=make_val_loss(val, tcfg.batch_size, tokenizer.pad_id, tcfg.eval_batches * tcfg.batch_size,
+                               rank, world) if val else None,
         tokenizer_file=tokenizer_file, device=device, stage="sft", show_progress=show_progress,
     )
     result = trainer.fit()
     if result.interrupted:
         raise KeyboardInterrupt
+    model = trainer.full_model()
+    if model is None:  # under torchrun, rank 0 alone writes the model and evaluates it
+        return {}
     write_model_dir(stage_dir, model, tokenizer_file, {"stage": "sft", "step": result.step, "init": str(init_dir)})
     from picochat.chat import write_tokenizer_config
 
@@ -169,8 +194,36 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     if held_out is not None and scfg.eval_prompts > 0:
         summary.update(_gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device,
                                      trainer.precision, show_progress, stage_dir))
+    elif val_convs and scfg.eval_prompts > 0:  # your own data: no gold scorer, show held-out answers
+        summary["samples"] = _held_out_answers(scfg, model, tokenizer, val_convs, trainer.precision, stage_dir)
     summary["wall_s"] = time.perf_counter() - t0
     return summary
+
+
+def _held_out_answers(scfg, model, tokenizer, val_convs: list[list[dict]], precision: str, stage_dir: Path,
+                      n: int = 8) -> list[dict]:
+    """Greedy answers of the SFT model to the first held-out conversations (everything before their
+    last assistant turn), next to the reference answer, in samples.md and the summary."""
+    from picochat.eval.gold_eval import answer_prompts
+    from picochat.generate import SamplingConfig
+
+    examples = []
+    for conv in val_convs:
+        last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
+        prompt = conv[:last]
+        if prompt and prompt[-1]["role"] == "user" and len(render_chat(tokenizer, prompt, True)[0]) < model.cfg.max_seq_len // 2:
+            examples.append((prompt, conv[last]["content"]))
+        if len(examples) == n:
+            break
+    if not examples:
+        return []
+    max_new = min(scfg.eval_max_new_tokens, model.cfg.max_seq_len // 2)
+    answers = answer_prompts(model, tokenizer, [p for p, _ in examples], SamplingConfig(max_new_tokens=max_new, temperature=0),
+                             precision)
+    samples = [{"prompt": p[-1]["content"], "answer": a, "reference": ref} for (p, ref), (a, _) in zip(examples, answers)]
+    atomic_write_text(stage_dir / "samples.md", "# SFT model answers to held-out prompts (greedy)\n\n" + "".join(
+        f"## {s['prompt']}\n\n- **SFT**: {s['answer']}\n- **reference**: {s['reference'][:300]}\n\n" for s in samples))
+    return samples
 
 
 def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precision, show_progress,

@@ -4,6 +4,15 @@ A stage supplies three things: `get_batch(step, micro_step) -> dict of tensors` 
 the step, which is what makes resume exact), `loss_fn(model, batch) -> scalar loss`, and optionally
 `evaluate(model) -> dict of metrics`. The trainer owns everything else: optimizer, schedule,
 gradient accumulation, clipping, mixed precision, logging, checkpoints, Ctrl-C and resume.
+
+Under torchrun the same loop runs in every process (`picochat.distributed`): the model is wrapped
+in DDP or sharded with FSDP2 (`train.parallel`), each process computes the loss on its share of
+the global batch (the stage's `get_batch` draws it), gradients are reduced once per optimizer step
+(micro-steps before the last skip the reduction), and rank 0 alone logs and writes checkpoints.
+Optionally `loss_weight(batch)` says how many items (e.g. target tokens) a micro-batch's mean loss
+averages over; the step's loss is then the mean over all items of all micro-batches of all
+processes, exactly what one process would compute on the whole batch. Without it, micro-batches
+weigh the same.
 """
 
 from __future__ import annotations
@@ -19,10 +28,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from picochat import distributed
 from picochat.checkpoint import load_checkpoint_state, save_checkpoint
 from picochat.config import TrainConfig
 from picochat.io import MetricsLog
 from picochat.model import GPT
+from picochat.train import parallel
 from picochat.train.contention import StepTimeWatch
 from picochat.train.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
 from picochat.train.schedule import lr_at
@@ -63,10 +74,12 @@ class TrainResult:
     mfu: float = 0.0
     peak_memory_mb: float = 0.0
     precision: str = "fp32"
+    processes: int = 1  # under torchrun: tokens and tokens_per_s are totals over them, mfu per device
 
     def figures(self) -> dict:
         """The headline figures every training stage puts in its summary.json."""
         return {
+            **({"processes": self.processes} if self.processes > 1 else {}),
             "steps": self.step,
             "tokens": self.tokens,
             "final_train_loss": self.final_train_loss,
@@ -88,7 +101,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"
+    # One fused kernel per parameter group instead of ~a dozen foreach ops over every tensor: on a
+    # 2-core CPU the foreach AdamW took ~20% of a tiny-preset step (PyTorch >= 2.4 fuses on CPU).
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
@@ -106,6 +121,7 @@ class Trainer:
         device: torch.device | None = None,
         stage: str = "train",
         show_progress: bool = True,
+        loss_weight: Callable[[Batch], float] | None = None,
     ):
         cfg.validate()
         self.cfg = cfg
@@ -113,28 +129,34 @@ class Trainer:
         self.get_batch = get_batch
         self.loss_fn = loss_fn
         self.evaluate_fn = evaluate
+        self.loss_weight = loss_weight
         self.tokenizer_file = Path(tokenizer_file)
         self.device = device or torch.device("cpu")
         self.stage = stage
-        self.show_progress = show_progress
+        self.world_size = distributed.world_size()
+        self.is_main = distributed.is_main()
+        self.show_progress = show_progress and self.is_main
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model = model.to(self.device)
+        # DDP wraps the model; FSDP2 shards it in place, so the optimizer is built afterwards.
+        self.wrapped = parallel.wrap(self.model, cfg.parallel, self.device)
+        self.sharded = parallel.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.step = 0
         self.loss_window: list[float] = []  # losses since the last log line (saved for exact resume)
-        self.tokens_seen = 0
-        self.tb = self._tensorboard() if cfg.tensorboard else None
+        self.tokens_seen = 0  # over all processes
+        self.tb = self._tensorboard() if cfg.tensorboard and self.is_main else None
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def _state(self) -> dict:
+    def _state(self, optimizer_state: dict) -> dict:
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "torch_rng": torch.get_rng_state(),
             "loss_window": torch.tensor(self.loss_window, dtype=torch.float64),
             "tokens_seen": self.tokens_seen,
@@ -144,31 +166,65 @@ class Trainer:
         return state
 
     def save(self) -> None:
-        save_checkpoint(self.out_dir, self.model, self.tokenizer_file, self._state(), {"stage": self.stage})
+        """Rank 0 writes the checkpoint, whole (under FSDP every rank first helps gather it)."""
+        if self.sharded:
+            model_state, optimizer_state = parallel.full_state(self.model, self.optimizer)
+            if not self.is_main:
+                return
+            model = self._plain_model(model_state)
+        else:
+            if not self.is_main:
+                return
+            model, optimizer_state = self.model, self.optimizer.state_dict()
+        save_checkpoint(self.out_dir, model, self.tokenizer_file, self._state(optimizer_state), {"stage": self.stage})
+
+    def _plain_model(self, state_dict: dict) -> GPT:
+        model = GPT(self.model.cfg)
+        model.load_state_dict(state_dict)
+        return model
+
+    def full_model(self) -> GPT | None:
+        """The trained model, whole, on rank 0 (None on the other ranks), for what a stage does
+        after training: final model directory, samples, evaluations. Under FSDP every rank must
+        call it (the shards are gathered) and rank 0 then needs room for the whole model."""
+        if self.sharded:
+            model_state, _ = parallel.full_state(self.model, None)
+            return self._plain_model(model_state).to(self.device) if self.is_main else None
+        return self.model if self.is_main else None
 
     def try_resume(self) -> bool:
-        """Load the latest checkpoint in out_dir, if any. Returns whether it resumed."""
+        """Load the latest checkpoint in out_dir, if any. Returns whether it resumed. Every rank
+        reads the same whole checkpoint, whatever number of processes wrote it."""
         found = load_checkpoint_state(self.out_dir)
         if found is None:
             return False
         ckpt_dir, state = found
         from safetensors.torch import load_model
 
-        load_model(self.model, str(ckpt_dir / "model.safetensors"), strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            whole = GPT(self.model.cfg)
+            load_model(whole, str(ckpt_dir / "model.safetensors"), strict=True)
+            parallel.load_full_state(self.model, self.optimizer, whole.state_dict(), state["optimizer"])
+        else:
+            load_model(self.model, str(ckpt_dir / "model.safetensors"), strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
         self.loss_window = [float(x) for x in state["loss_window"]]
         self.tokens_seen = int(state["tokens_seen"])
-        self.metrics.truncate_after(self.step)
+        if self.is_main:
+            self.metrics.truncate_after(self.step)
         return True
 
     # -- evaluation and logging --------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        """The stage's validation metrics. Under torchrun every process calls the evaluator (FSDP
+        needs every process in every forward): it either scores its share of the validation set
+        and all-reduces the sums (pretrain, SFT), or scores all of it (same weights, same numbers)."""
         if self.evaluate_fn is None:
             return {}
         self.model.eval()
@@ -202,11 +258,14 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         resumed = self.try_resume()
-        if resumed:
+        if resumed and self.is_main:
             tqdm.write(f"[{self.stage}] resuming from step {self.step} (checkpoint in {self.out_dir})")
         flops_per_token = self.model.flops_per_token(self._seq_len_hint())
-        peak_flops = measured_matmul_peak_flops(self.precision, self.device.type)
+        peak_flops = measured_matmul_peak_flops(self.precision, self.device.type) * self.world_size
         watch = StepTimeWatch(self.device)
+        # Several processes wait for the slowest at every step, so a step time no longer tells a
+        # process whether its own cores are contended (and torchrun sets one thread per process).
+        watch.enabled = watch.enabled and self.world_size == 1
         self.model.train()
         bar = tqdm(
             total=cfg.max_steps, initial=self.step, desc=self.stage, unit="step",
@@ -216,33 +275,26 @@ class Trainer:
         t_window, tokens_window, run_tokens = time.perf_counter(), 0, 0
         eval_metrics: dict = {}
         interrupted = False
+        stopping = False  # agreed by all processes, so they leave the loop at the same step
         last_loss = float("nan")
         stop = GracefulInterrupt()
         try:
-            while self.step < cfg.max_steps and not stop.requested:
+            while self.step < cfg.max_steps and not stopping:
                 t_step = time.perf_counter()
                 lr = lr_at(self.step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss_sum, step_tokens = 0.0, 0
-                for micro in range(cfg.grad_accum_steps):
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in self.get_batch(self.step, micro).items()}
-                    with autocast(self.precision, self.device):
-                        loss = self.loss_fn(self.forward_model, batch)
-                    (loss / cfg.grad_accum_steps).backward()
-                    loss_sum += loss.item()
-                    step_tokens += batch["input_ids"].numel()
-                if not math.isfinite(loss_sum):
+                last_loss, step_tokens, stopping = self._train_step(stop)
+                if not math.isfinite(last_loss):
                     raise FloatingPointError(
-                        f"[{self.stage}] loss is {loss_sum} at step {self.step}; lower train.lr or use precision=fp32"
+                        f"[{self.stage}] loss is {last_loss} at step {self.step}; lower train.lr or use precision=fp32"
                     )
-                grad_norm = torch.nn.utils.clip_grad_norm_(
+                grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                ).item()
+                ))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                last_loss = loss_sum / cfg.grad_accum_steps
                 self.loss_window.append(last_loss)
                 self.tokens_seen += step_tokens
                 tokens_window += step_tokens
@@ -272,13 +324,15 @@ class Trainer:
                     eval_metrics = self.evaluate()
                     record = {"step": self.step, **record, **eval_metrics}
                     t_window = time.perf_counter()  # evaluation time is not training throughput
-                if record:
+                if record and self.is_main:
                     self._log(record, bar)
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or is_last or stop.requested:
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or is_last or stopping:
                     self.save()
-            if stop.requested:
+            if stopping:
                 interrupted = True
-                bar.write(f"[{self.stage}] interrupted at step {self.step}: checkpoint saved; rerun the same command to resume")
+                if self.is_main:
+                    bar.write(f"[{self.stage}] interrupted at step {self.step}: checkpoint saved; "
+                              "rerun the same command to resume")
         finally:
             stop.restore()
             bar.close()
@@ -297,7 +351,42 @@ class Trainer:
             mfu=tps * flops_per_token / peak_flops,
             peak_memory_mb=peak_memory_bytes(self.device) / 2**20,
             precision=self.precision,
+            processes=self.world_size,
         )
+
+    def _train_step(self, stop: GracefulInterrupt) -> tuple[float, int, bool]:
+        """Forward and backward over the step's micro-batches, gradients reduced across processes
+        once, at the last one. Returns (the step's loss, its tokens, whether to stop after it),
+        all three agreed by every process."""
+        accum = self.cfg.grad_accum_steps
+        batches = [{k: v.to(self.device, non_blocking=True) for k, v in self.get_batch(self.step, micro).items()}
+                   for micro in range(accum)]
+        scales = self._loss_scales(batches)
+        loss_sum, tokens = 0.0, 0
+        for micro, batch in enumerate(batches):
+            with parallel.gradient_sync(self.wrapped, enabled=micro == accum - 1):
+                with autocast(self.precision, self.device):
+                    loss = self.loss_fn(self.forward_model, batch)
+                (loss / accum if scales is None else loss * scales[micro]).backward()
+            loss_sum += loss.item() if scales is None else loss.item() * scales[micro]
+            tokens += batch["input_ids"].numel()
+        local_loss = loss_sum / accum if scales is None else loss_sum  # with scales: world_size × this rank's share
+        stop_requested = stop.requested  # a Ctrl-C during this step stops after it
+        if self.world_size == 1:
+            return local_loss, tokens, stop_requested
+        # One small all-reduce: the global loss (processes weigh the same, see _loss_scales),
+        # tokens, and whether any process got Ctrl-C.
+        total_loss, total_tokens, stops = distributed.sum_over_ranks([local_loss, tokens, float(stop_requested)])
+        return total_loss / self.world_size, int(total_tokens), stops > 0
+
+    def _loss_scales(self, batches: list[Batch]) -> list[float] | None:
+        """With `loss_weight`: each micro-batch's share of all the step's items (over all
+        processes), times the number of processes (DDP and FSDP average gradients over them)."""
+        if self.loss_weight is None:
+            return None
+        counts = [float(self.loss_weight(b)) for b in batches]
+        total = distributed.sum_over_ranks([sum(counts)])[0]
+        return [c * self.world_size / max(total, 1.0) for c in counts]
 
     def _seq_len_hint(self) -> int:
         probe = self.get_batch(self.step, 0)["input_ids"]

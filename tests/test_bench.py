@@ -1,0 +1,45 @@
+"""Smoke test of the benchmarks (bench/): the training benchmark runs at a micro size, checks that
+picochat and transformers start from the same logits, and ends with its JSON line. The real runs
+are not tests (minutes each); see bench/README.md."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_train_benchmark_micro_prints_its_json_line():
+    out = run_module("bench.train", "--sizes", "micro", "--precisions", "fp32", "--warmup", "1", "--windows", "2",
+                     "--steps-per-window", "1", "--threads", "1", "--no-memory")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert any(line.startswith("[micro] same start: max |logit diff|") for line in lines)
+    result = json.loads(lines[-1])
+    assert result["bench"] == "train"
+    rows = {r["framework"]: r for r in result["results"]}
+    assert set(rows) == {"picochat", "transformers"}
+    for row in rows.values():
+        assert row["size"] == "micro" and row["precision"] == "fp32"
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1.5 and len(row["window_tokens_per_s"]) == 2
+    assert rows["picochat"]["speedup_vs_transformers"] > 0
+    assert result["matmul_peak_tflops"]["fp32"] > 0
+    assert result["machine"]["versions"]["torch"]
+
+
+def test_peak_memory_is_measured_in_a_fresh_process(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.train import measure_memory
+
+    memory = measure_memory("transformers", "micro", "fp32", threads=1)
+    assert memory["peak_rss_mb"] > 100  # torch + transformers are loaded
+    assert 0 < memory["train_rss_mb"] < memory["peak_rss_mb"]  # the model's own share, imports excluded
