@@ -30,7 +30,6 @@ from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, median
 from bench.report import emit_json, format_table
 from picochat.config import build_config
-from picochat.cpu_allocator import tune_cpu_allocator
 from picochat.generate import SamplingConfig, generate
 from picochat.model import GPT, ModelConfig
 from picochat.train.precision import autocast, cpu_has_fast_bf16
@@ -158,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--micro", action="store_true", help="a micro random model (smoke test)")
     args = p.parse_args(argv)
-    tune_cpu_allocator()  # for both contenders alike, before the first tensor (picochat/cpu_allocator.py)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     result = run(args)

@@ -39,7 +39,6 @@ from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, median
 from bench.report import emit_json, format_table
 from picochat.config import build_config, parse_overrides
-from picochat.cpu_allocator import tune_cpu_allocator
 from picochat.prompt import encode_prompt
 from picochat.train.precision import autocast
 from picochat.train.ppo import PPOTrainer as PicochatPPO
@@ -167,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("overrides", nargs="*", help="config overrides for both, e.g. ppo.rollout_prompts=32")
     args = p.parse_args(argv)
-    tune_cpu_allocator()  # for both contenders alike, before the first tensor (picochat/cpu_allocator.py)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     result = run(args)

@@ -36,7 +36,6 @@ from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, matmul_peak_flops, median
 from bench.report import emit_json, format_table
 from picochat.config import TrainConfig, build_config
-from picochat.cpu_allocator import tune_cpu_allocator
 from picochat.model import GPT, ModelConfig, lm_loss
 from picochat.train.precision import autocast, cpu_has_fast_bf16
 from picochat.train.trainer import build_optimizer
@@ -173,7 +172,7 @@ def run(args) -> dict:
     peaks = {p: matmul_peak_flops(torch.bfloat16 if p == "bf16" else torch.float32,
                                   sizes=(128, 256) if args.sizes == ["micro"] else (1024, 2048))
              for p in precisions}
-    print(f"matmul peak: " + ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items()) +
+    print("matmul peak: " + ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items()) +
           (f" (skipped {skipped}: no fast bf16 on this CPU)" if skipped else ""), flush=True)
     rows = []
     for size_name in args.sizes:
@@ -218,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--probe-memory", nargs=3, metavar=("FRAMEWORK", "SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    tune_cpu_allocator()  # for both contenders alike, before the first tensor (picochat/cpu_allocator.py)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.probe_memory:

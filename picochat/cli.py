@@ -146,9 +146,6 @@ def _cmd_sample(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from picochat.cpu_allocator import tune_cpu_allocator
-
-    tune_cpu_allocator()  # before the first tensor exists: see picochat/cpu_allocator.py
     from picochat.config import ConfigError
     from picochat.data.readers import CorpusError
 
