@@ -240,9 +240,26 @@ def run_stages(cfg: RunConfig) -> list[str]:
     return [n for n in STAGES if n in names]
 
 
-def check_run(cfg: RunConfig) -> None:
+def _check_local_sources(cfg: RunConfig, stages: list[str]) -> None:
+    """A missing local data file stops the run before the first stage, not hours later when the
+    stage that reads it starts (Hugging Face names are downloaded by their stage)."""
+    from picochat.data.sources import HF_PREFIX, resolve_source
+
+    specs, _, tokenizer_key = tokenizer_corpus(cfg)
+    reads = {"tokenizer": (tokenizer_key, specs), "pretrain": ("pretrain.sources", cfg.pretrain.sources),
+             "sft": ("sft.sources", cfg.sft.sources), "rm": ("rm.sources", cfg.rm.sources),
+             "ppo": ("ppo.prompts", cfg.ppo.prompts), "dpo": ("dpo.sources", cfg.dpo.sources)}
+    for name in stages:
+        key, sources = reads.get(name, ("", []))
+        for spec in sources:
+            if not spec.startswith(HF_PREFIX):
+                resolve_source(spec, key)  # raises, naming the setting and how to get the data
+
+
+def check_run(cfg: RunConfig, running: list[str] | None = None) -> None:
     """Every stage of the run finds what it reads within the run (a model setting can point at a
-    directory instead), and every model fits the sequence lengths it is given."""
+    directory instead), every model fits the sequence lengths it is given, and the local data
+    files of the stages about to run (`running`, default all) exist."""
     stages = run_stages(cfg)
     for name in stages:
         missing = [u for u in upstream_of(name, cfg) if u not in stages]
@@ -250,6 +267,7 @@ def check_run(cfg: RunConfig) -> None:
             raise ValueError(f"stage {name!r} reads stage {missing[0]!r}, which this run does not have "
                              f"(stages: {', '.join(stages)}); add it to stages, or point the setting that names it "
                              f"(e.g. {name}.init) at a model directory")
+    _check_local_sources(cfg, [n for n in (running or stages) if n in STAGES])
     max_len = cfg.model.max_seq_len
     if "pretrain" in stages and cfg.pretrain.seq_len > max_len:
         raise ValueError(f"pretrain.seq_len={cfg.pretrain.seq_len} exceeds model.max_seq_len={max_len}")
@@ -325,7 +343,7 @@ QUICK_STAGES = ("world", "tokenizer")  # seconds: the time estimate is said afte
 
 def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, show_progress: bool = True) -> dict:
     """Run `stages` (default: the run's own, `cfg.stages`, then the report), reusing the complete ones."""
-    check_run(cfg)
+    check_run(cfg, stages)
     out = Path(out)
     names = stages or [*run_stages(cfg), REPORT]
     unknown = [n for n in names if n not in STAGES and n != REPORT]

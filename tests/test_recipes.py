@@ -86,6 +86,8 @@ def test_data_root_and_a_missing_source_say_how_to_get_the_data(tmp_path, capsys
                  f"data_root={tmp_path}", "pretrain.sources=[unsup.jsonl]"]) == 2
     err = capsys.readouterr().err
     assert "unsup.jsonl" in err and "no such file" in err and "pretrain.sources=[" in err and "hf:" in err
+    with pytest.raises(CorpusError, match="from rm.sources"):  # found before the first stage runs
+        check_run(build_config("sentiment", overrides={"rm.sources": [str(tmp_path / "train.jsonl")]}))
 
 
 def test_hf_source_needs_datasets_and_is_downloaded_once(tmp_path, monkeypatch):
@@ -208,6 +210,7 @@ def test_ppo_prompts_from_files_in_every_shape(tmp_path, world_tokenizer):
         {"prompt": "Tell me a story."},
         {"prompt": "Tell me a story."},  # the same prompt twice is one prompt
         {"prompt": "x " * 400},  # too long to leave room for an answer
+        {"chosen": "no dialogue", "rejected": "here"},  # invalid: skipped and reported
     ]
     chat.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     sets = load_ppo_prompts(PPOConfig(prompts=[str(chat)], eval_prompts=0, max_new_tokens=32), tmp_path,
@@ -215,6 +218,7 @@ def test_ppo_prompts_from_files_in_every_shape(tmp_path, world_tokenizer):
     assert [p[-1]["content"] for p in sets.train] == ["Hi there", "Name a colour.", "把这句话翻译成英文\n\n你好",
                                                       "Tell me a story."]
     assert sets.n_too_long == 1 and sets.held_out == []
+    assert len(sets.problems) == 1 and "prompts.jsonl, line 7" in sets.problems[0]
 
     text = tmp_path / "reviews.jsonl"
     text.write_text("".join(json.dumps({"review": f"{i:03d} was a film, and something else entirely."}) + "\n"

@@ -108,6 +108,9 @@ class PPOTrainer:
         prompt_sets = load_ppo_prompts(self.pcfg, self.out, self.tokenizer, self.policy.cfg.max_seq_len)
         self.prompts, self.eval_prompts = prompt_sets.train, prompt_sets.held_out  # held_out: from files only
         self.n_prompts_too_long = prompt_sets.n_too_long
+        self.problems = prompt_sets.problems
+        for problem in self.problems[:5]:
+            print(f"[ppo] skipped: {problem}")
         if len(self.prompts) < self.world_size:
             raise ValueError(f"{len(self.prompts)} PPO prompts cannot be shared by {self.world_size} processes")
         self.metrics = MetricsLog(self.stage_dir / "metrics.jsonl")
@@ -362,6 +365,7 @@ def run_ppo(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     print(f"[ppo] {len(trainer.prompts):,} prompts ({cfg.ppo.format}"
           + (f", {len(trainer.eval_prompts):,} more held out" if trainer.eval_prompts else "")
           + (f", {trainer.n_prompts_too_long:,} too long skipped" if trainer.n_prompts_too_long else "")
+          + (f", {len(trainer.problems):,} invalid skipped" if trainer.problems else "")
           + f"); {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts * trainer.world_size} "
           f"rollouts, {cfg.ppo.epochs} epochs; kl_coef {cfg.ppo.kl_coef} ({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'})")
     if not trainer.fit():

@@ -33,6 +33,7 @@ class PromptSets:
     train: list[Prompt]
     held_out: list[Prompt] = field(default_factory=list)  # empty for the world: it has its own test split
     n_too_long: int = 0
+    problems: list[str] = field(default_factory=list)  # records skipped as invalid ("file, line N: why")
 
 
 def _chat_prompt(obj, file: Path, lineno: int) -> list[dict]:
@@ -54,14 +55,19 @@ def _chat_prompt(obj, file: Path, lineno: int) -> list[dict]:
     return _prompt(messages[:last_assistant], where, "the conversation before its last assistant turn")
 
 
-def read_chat_prompts(files: list[Path]) -> list[list[dict]]:
-    """The prompts of chat/preference JSONL files, each distinct prompt once, in file order."""
+def read_chat_prompts(files: list[Path]) -> tuple[list[list[dict]], list[str]]:
+    """(the prompts of chat/preference JSONL files, each distinct prompt once, in file order;
+    the records skipped as invalid). Public data has a few malformed records (HH-RLHF has dialogues
+    whose last two turns are both the assistant's); a file without one valid record is an error."""
+    from picochat.chat import ChatFormatError
     from picochat.data.chat_data import find_chat_files
     from picochat.data.readers import _iter_lines
 
     pool: dict[str, list[dict]] = {}
+    problems: list[str] = []
     for path in files:
         for file in find_chat_files(path):
+            n_valid = 0
             for lineno, line in _iter_lines(file):
                 if not line.strip():
                     continue
@@ -69,9 +75,17 @@ def read_chat_prompts(files: list[Path]) -> list[list[dict]]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CorpusError(file, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from None
-                prompt = _chat_prompt(obj, file, lineno)
+                try:
+                    prompt = _chat_prompt(obj, file, lineno)
+                except (CorpusError, ChatFormatError) as e:
+                    problems.append(str(e))
+                    continue
+                n_valid += 1
                 pool.setdefault(json.dumps(prompt, ensure_ascii=False, sort_keys=True), prompt)
-    return list(pool.values())
+            if n_valid == 0:
+                raise CorpusError(file, f"no record with a usable prompt; the first problem: "
+                                  f"{problems[-1] if problems else 'the file is empty'}")
+    return list(pool.values()), problems
 
 
 def read_text_openings(files: list[Path], text_field: str, tokenizer: Tokenizer, n_tokens: int) -> list[str]:
@@ -98,6 +112,7 @@ def split_held_out(prompts: list[Prompt], n_eval: int) -> tuple[list[Prompt], li
 
 
 def load_ppo_prompts(pcfg: PPOConfig, out: Path, tokenizer: Tokenizer, max_seq_len: int) -> PromptSets:
+    problems: list[str] = []
     if not pcfg.prompts:
         from picochat.world import read_chat_examples
 
@@ -110,7 +125,7 @@ def load_ppo_prompts(pcfg: PPOConfig, out: Path, tokenizer: Tokenizer, max_seq_l
         if pcfg.format == "text":
             prompts = read_text_openings(files, pcfg.prompt_field, tokenizer, pcfg.prompt_tokens)
         else:
-            prompts = read_chat_prompts(files)
+            prompts, problems = read_chat_prompts(files)
     room = max_seq_len - pcfg.max_new_tokens
     limit = min(pcfg.max_prompt_tokens or room, room)
     fitting = [p for p in prompts if len(encode_prompt(tokenizer, p)) <= limit]
@@ -120,4 +135,4 @@ def load_ppo_prompts(pcfg: PPOConfig, out: Path, tokenizer: Tokenizer, max_seq_l
     if not pcfg.prompts:
         return PromptSets(fitting, [], len(prompts) - len(fitting))
     train, held_out = split_held_out(fitting, pcfg.eval_prompts)
-    return PromptSets(train, held_out, len(prompts) - len(fitting))
+    return PromptSets(train, held_out, len(prompts) - len(fitting), problems)
