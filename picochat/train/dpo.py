@@ -303,10 +303,7 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
         evaluate=evaluate if len(val.pairs) or len(val.gold_pairs) else None,
         tokenizer_file=tokenizer_file, device=device, stage="dpo", show_progress=show_progress,
     )
-    result = trainer.fit()
-    if result.interrupted:
-        raise KeyboardInterrupt
-    model = trainer.full_model()
+    result, model = trainer.fit_to_end()
     if model is None:  # under torchrun, rank 0 alone writes the model and evaluates it
         return {}
     write_model_dir(stage_dir, model, tokenizer_file, {

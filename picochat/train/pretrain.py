@@ -163,10 +163,7 @@ def run_pretrain(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         stage="pretrain",
         show_progress=show_progress,
     )
-    result = trainer.fit()
-    if result.interrupted:
-        raise KeyboardInterrupt
-    model = trainer.full_model()
+    result, model = trainer.fit_to_end()
     if model is None:  # under torchrun, rank 0 alone writes the model, samples and summary
         return {}
     write_model_dir(stage_dir, model, tokenizer_file, {"stage": "pretrain", "step": result.step})

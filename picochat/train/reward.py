@@ -290,10 +290,7 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         # ranking losses average over prompts (the same number in every micro-batch); scalar ones over rows
         loss_weight=(lambda b: b["input_ids"].shape[0]) if kind in ("mse", "bce") else None,
     )
-    result = trainer.fit()
-    if result.interrupted:
-        raise KeyboardInterrupt
-    model = trainer.full_model()
+    result, model = trainer.fit_to_end()
     if model is None:  # under torchrun, rank 0 alone fits the normalisation and writes the model
         return {}
 

@@ -169,10 +169,7 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
                                rank, world) if val else None,
         tokenizer_file=tokenizer_file, device=device, stage="sft", show_progress=show_progress,
     )
-    result = trainer.fit()
-    if result.interrupted:
-        raise KeyboardInterrupt
-    model = trainer.full_model()
+    result, model = trainer.fit_to_end()
     if model is None:  # under torchrun, rank 0 alone writes the model and evaluates it
         return {}
     write_model_dir(stage_dir, model, tokenizer_file, {"stage": "sft", "step": result.step, "init": str(init_dir)})

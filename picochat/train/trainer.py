@@ -183,6 +183,14 @@ class Trainer:
         model.load_state_dict(state_dict)
         return model
 
+    def fit_to_end(self) -> tuple[TrainResult, GPT | None]:
+        """fit(), then the whole trained model as full_model() gives it (None on ranks other than 0).
+        An interrupted run (Ctrl-C, checkpoint saved) raises KeyboardInterrupt for the CLI to report."""
+        result = self.fit()
+        if result.interrupted:
+            raise KeyboardInterrupt
+        return result, self.full_model()
+
     def full_model(self) -> GPT | None:
         """The trained model, whole, on rank 0 (None on the other ranks), for what a stage does
         after training: final model directory, samples, evaluations. Under FSDP every rank must
