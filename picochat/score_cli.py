@@ -14,7 +14,7 @@ from pathlib import Path
 import sys
 
 from picochat.data.preferences import parse_record
-from picochat.data.readers import CorpusError, _iter_lines
+from picochat.data.readers import CorpusError, iter_json_lines
 
 
 def _prompt_messages(prompt) -> list[dict]:
@@ -28,14 +28,8 @@ def cmd_score(args, stdout=sys.stdout) -> int:
     rm = RewardModel.load(args.ckpt, default_device())
     normalized = not args.raw
     if args.file:
-        for line_no, line in _iter_lines(Path(args.file)):
-            if not line.strip():
-                continue
+        for line_no, obj in iter_json_lines(Path(args.file)):
             where = f"{args.file}, line {line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(args.file, f"invalid JSON ({e.msg})", line_no) from None
             if isinstance(obj, dict) and "response" in obj and "prompt" in obj:
                 prompt, responses = _prompt_messages(obj["prompt"]), [obj["response"]]
                 if not isinstance(obj["response"], str):

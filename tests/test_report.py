@@ -200,3 +200,23 @@ def test_pipeline_killed_in_ppo_resumes_to_the_uninterrupted_result(run_dir, tmp
     sa, sb = (json.loads((r / "ppo" / "summary.json").read_text()) for r in (clean, killed))
     for key in ("gold_score", "gold_score_sampled", "rm_score_sampled", "kl"):
         assert sa[key] == sb[key], key
+
+
+def test_held_out_prompts_too_long_for_the_models_are_left_out_not_fatal(run_dir):
+    # A report.max_new_tokens that leaves room only for the shortest prompts: the comparison takes
+    # the prompts that fit (instead of raising for the whole batch, as long HH dialogues once did).
+    from picochat.chat import render_prompt
+    from picochat.config import build_config
+    from picochat.report.compare import answer_room, held_out_prompts
+    from picochat.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(run_dir / "sft" / "tokenizer.json")
+    everything, _ = held_out_prompts(run_dir, 10_000)
+    lengths = sorted(len(render_prompt(tok, p.messages)) for p in everything)
+    cfg = build_config(base_file=run_dir / "config.yaml")
+    cfg.report.max_new_tokens = cfg.model.max_seq_len - lengths[len(lengths) // 2]  # half of them fit
+    kept, _ = held_out_prompts(run_dir, 10_000, answer_room(cfg, run_dir))
+    assert 0 < len(kept) < len(everything)
+    assert all(len(render_prompt(tok, p.messages)) <= lengths[len(lengths) // 2] for p in kept)
+    cfg.report.max_new_tokens = cfg.model.max_seq_len  # no room for any prompt
+    assert held_out_prompts(run_dir, 10_000, answer_room(cfg, run_dir))[0] == []

@@ -18,13 +18,12 @@ Errors raise CorpusError or ChatFormatError naming the file, the line, and what 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from picochat.chat import ChatFormatError, validate_messages
-from picochat.data.readers import CorpusError, _iter_lines, files_in_directory
+from picochat.data.readers import CorpusError, files_in_directory, iter_json_lines
 
 CHAT_SUFFIXES = (".jsonl", ".jsonl.gz")
 # ShareGPT speaker names seen in the wild -> our roles.
@@ -139,14 +138,7 @@ def iter_conversations(path: str | os.PathLike, *, limit: int = 0) -> Iterator[l
     stops after that many. Raises CorpusError if nothing is found."""
     n = 0
     for file in find_chat_files(path):
-        for lineno, line in _iter_lines(file):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(file, f"invalid JSON ({e.msg} at column {e.colno}); expected one "
-                                  f"object per line like {EXPECTED_FORMS}", lineno) from None
+        for lineno, record in iter_json_lines(file, EXPECTED_FORMS):
             yield conversation_from_record(record, file, lineno)
             n += 1
             if limit and n >= limit:

@@ -121,6 +121,20 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise CorpusError(path, f"cannot read file: {e}") from e
 
 
+def iter_json_lines(path: Path, expected: str = "") -> Iterator[tuple[int, object]]:
+    """Yield (1-based line number, parsed value) for every non-blank line of a JSONL file (text or
+    gzip). Invalid JSON raises CorpusError naming the file, the line and, when given, the
+    `expected` shape of a line (e.g. '{"text": "..."}')."""
+    hint = f"; expected one object per line like {expected}" if expected else ""
+    for lineno, line in _iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(path, f"invalid JSON ({e.msg} at column {e.colno}){hint}", lineno) from None
+
+
 def _iter_txt(path: Path) -> Iterator[str]:
     lines: list[str] = []
     for _, line in _iter_lines(path):
@@ -182,15 +196,7 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
         for i, record in enumerate(records, start=1):
             yield _text_from_record(path, record, text_field, i, unit="array element")
         return
-    for lineno, line in _iter_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(
-                path, f"invalid JSON ({e.msg} at column {e.colno}); expected one object per "
-                f"line like {{\"{text_field}\": \"...\"}}", lineno) from None
+    for lineno, record in iter_json_lines(path, f'{{"{text_field}": "..."}}'):
         yield _text_from_record(path, record, text_field, lineno)
 
 

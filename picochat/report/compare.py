@@ -37,18 +37,20 @@ class HeldOutPrompt:
     lang: str  # "en" | "zh" (world prompts know it; others: "zh" when the text has CJK characters)
 
 
-def held_out_prompts(out: Path, n: int) -> tuple[list[HeldOutPrompt], str]:
+def held_out_prompts(out: Path, n: int, fits=None) -> tuple[list[HeldOutPrompt], str]:
     """(up to n held-out chat prompts, the file they come from): the world's test prompts (the ones
     SFT, PPO and DPO are evaluated on), else the prompts of the labeling stage's held-out file.
     Prompts a model trained on are never used; a run with neither file has no comparison (its PPO
-    and DPO summaries still hold their own before/after on held-out prompts)."""
+    and DPO summaries still hold their own before/after on held-out prompts). `fits(messages)`,
+    when given, drops prompts before the n are picked (e.g. those too long for the models)."""
     from picochat.train.sft import held_out_subset
 
+    fits = fits or (lambda messages: True)
     world_test = out / "world" / "chat_test.jsonl"
     if world_test.exists():
         from picochat.world import read_chat_examples
 
-        examples = held_out_subset(read_chat_examples(world_test), n)
+        examples = held_out_subset([e for e in read_chat_examples(world_test) if fits(e.prompt())], n)
         return [HeldOutPrompt(e.prompt(), e.task, e.lang) for e in examples], str(world_test)
     label_test = out / "label" / "preferences_test.jsonl"
     if label_test.exists():
@@ -62,8 +64,27 @@ def held_out_prompts(out: Path, n: int) -> tuple[list[HeldOutPrompt], str]:
                 unique.setdefault(repr(r.prompt), HeldOutPrompt(
                     [dict(m) for m in r.prompt], str(r.meta.get("task") or "all"),
                     str(r.meta.get("lang") or ("zh" if _CJK.search(text) else "en"))))
-        return held_out_subset(list(unique.values()), n), str(label_test)
+        return held_out_subset([p for p in unique.values() if fits(p.messages)], n), str(label_test)
     return [], ""
+
+
+def answer_room(cfg: RunConfig, out: Path):
+    """A `fits(messages)` test for held-out prompts: True when every finished model of the run can
+    answer the prompt with report.max_new_tokens of room (long public prompts, e.g. HH-RLHF
+    dialogues, would otherwise leave the whole batch no room). None when no model is finished."""
+    from picochat.chat import render_prompt
+    from picochat.checkpoint import read_model_config
+    from picochat.tokenizer import Tokenizer
+
+    limits = []
+    for m in MODELS:
+        if _stage_fingerprint(out / m) is None:
+            continue
+        model_cfg, _ = read_model_config(out / m)
+        limits.append((Tokenizer.load(out / m / "tokenizer.json"), model_cfg.max_seq_len - cfg.report.max_new_tokens))
+    if not limits:
+        return None
+    return lambda messages: all(len(render_prompt(tok, messages)) <= limit for tok, limit in limits)
 
 
 def _stage_fingerprint(stage_dir: Path) -> str | None:
@@ -94,7 +115,8 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
     `<out>/report/compare.json` when nothing they depend on changed)."""
     out = Path(out)
     path = out / "report" / "compare.json"
-    prompts, source = held_out_prompts(out, cfg.report.eval_prompts) if cfg.report.eval_prompts else ([], "")
+    prompts, source = (held_out_prompts(out, cfg.report.eval_prompts, answer_room(cfg, out))
+                       if cfg.report.eval_prompts else ([], ""))
     key = comparison_key(cfg, out, prompts)
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from picochat.data.preferences import (
     DEFAULT_MAX_K, PreferenceError, append_record, parse_record, prompt_key, read_preferences, repair_torn_tail,
 )
-from picochat.data.readers import CorpusError, _iter_lines
+from picochat.data.readers import CorpusError, iter_json_lines
 from picochat.chat import ChatFormatError, validate_messages
 from picochat.io import atomic_write_json
 
@@ -39,13 +39,7 @@ def read_label_prompts(path: str | Path) -> list[list[dict]]:
         raise CorpusError(path, "no such prompt file; expected JSONL with {\"messages\": [...]} or "
                           "{\"prompt\": \"...\"} per line")
     prompts: list[list[dict]] = []
-    for lineno, line in _iter_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(path, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from None
+    for lineno, obj in iter_json_lines(path):
         value = obj.get("messages", obj.get("prompt")) if isinstance(obj, dict) else None
         if value is None:
             raise CorpusError(path, "expected an object with \"messages\" or \"prompt\"", lineno)

@@ -61,20 +61,14 @@ def read_chat_prompts(files: list[Path]) -> tuple[list[list[dict]], list[str]]:
     whose last two turns are both the assistant's); a file without one valid record is an error."""
     from picochat.chat import ChatFormatError
     from picochat.data.chat_data import find_chat_files
-    from picochat.data.readers import _iter_lines
+    from picochat.data.readers import iter_json_lines
 
     pool: dict[str, list[dict]] = {}
     problems: list[str] = []
     for path in files:
         for file in find_chat_files(path):
             n_valid = 0
-            for lineno, line in _iter_lines(file):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(file, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from None
+            for lineno, obj in iter_json_lines(file):
                 try:
                     prompt = _chat_prompt(obj, file, lineno)
                 except (CorpusError, ChatFormatError) as e:

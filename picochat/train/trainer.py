@@ -343,6 +343,7 @@ class Trainer:
                               "rerun the same command to resume")
         finally:
             stop.restore()
+            watch.restore()
             bar.close()
             if self.tb is not None:
                 self.tb.close()
