@@ -126,11 +126,13 @@ def generate(
     stop_ids = set(cfg.stop_ids)
     results = [GenerationResult(tokens=[], finish_reason="length") for _ in prompts]
     finished = [False] * B
+    active = list(range(B))  # the prompt each batch row continues
     for step in range(cfg.max_new_tokens):
-        next_ids = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)  # (B,)
-        for row, token in enumerate(next_ids.tolist()):
+        next_ids = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)  # (rows,)
+        for i, token in enumerate(next_ids.tolist()):
+            row = active[i]
             if finished[row]:
-                continue  # finished rows keep stepping with the batch; their samples are dropped
+                continue  # finished rows step with the batch until it is compacted; their samples are dropped
             if token in stop_ids:
                 finished[row] = True
                 results[row].finish_reason = "stop"
@@ -140,6 +142,15 @@ def generate(
                 on_token(row, token)
         if all(finished) or step == cfg.max_new_tokens - 1:
             break
+        n_done = sum(finished[row] for row in active)
+        if use_cache and 4 * n_done >= len(active):
+            # A quarter of the rows finished: drop them. Short answers would otherwise step on with
+            # the longest one (a batch of chat answers and one story runs at the story's length).
+            keep = [i for i, row in enumerate(active) if not finished[row]]
+            index = torch.tensor(keep, device=device)
+            cache.keep_rows(index)
+            next_ids, next_positions, mask = next_ids[index], next_positions[index], mask[index]
+            active = [active[i] for i in keep]
         next_positions = next_positions + 1
         seen = longest + step + 1  # slots holding a token once this step's token is fed
         step_mask = mask[:, :seen] if padded else None

@@ -196,6 +196,13 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (a 1-D index), in this order: rows that finished generating
+        stop costing compute."""
+        if self.kv is not None:
+            self.kv = self.kv.index_select(2, rows)
+        self.shape = (*self.shape[:2], len(rows), *self.shape[3:])
+
     def reset(self) -> None:
         self.length = 0
 

@@ -50,7 +50,7 @@ TINY = [
     "sft.train.max_steps=12", "sft.train.batch_size=8", "sft.train.eval_every=6", "sft.train.eval_batches=2",
     "sft.train.log_every=3", "sft.train.ckpt_every=6", "sft.eval_prompts=12", "sft.eval_samples=2",
     "sft.eval_max_new_tokens=24",
-    "label.n_prompts=24", "label.n_test_prompts=12", "label.max_new_tokens=24", "label.batch_prompts=8",
+    "label.k=4", "label.n_prompts=24", "label.n_test_prompts=12", "label.max_new_tokens=24", "label.batch_prompts=8",
     "rm.train.max_steps=10", "rm.train.batch_size=4", "rm.train.eval_every=5", "rm.train.log_every=5",
     "rm.train.ckpt_every=5",
     "ppo.train.max_steps=3", "ppo.rollout_prompts=8", "ppo.minibatch_size=4", "ppo.max_new_tokens=16",

@@ -97,6 +97,29 @@ def test_stop_ids_finish_rows_and_on_token_streams():
         assert [t for r, t in streamed if r == row] == res.tokens
 
 
+def test_finished_rows_are_dropped_without_changing_the_other_rows(monkeypatch):
+    from collections import Counter
+
+    from picochat.model import KVCache
+
+    model = tiny_model()
+    prompts = [[(3 * i) % 60 + 1] * (1 + i % 5) + [i + 3] for i in range(12)]  # left-padded, lengths 2..6
+    full = generate(model, prompts, SamplingConfig(max_new_tokens=16, temperature=0.0))
+    # A stop token that ends several rows, at different steps, so that the batch is compacted.
+    stop = Counter(t for r in full for t in set(r.tokens[:8])).most_common(1)[0][0]
+    kept = []
+    keep_rows = KVCache.keep_rows
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, rows: (kept.append(len(rows)), keep_rows(self, rows)))
+    streamed = []
+    results = generate(model, prompts, SamplingConfig(max_new_tokens=16, temperature=0.0, stop_ids=(stop,)),
+                       on_token=lambda row, tok: streamed.append((row, tok)))
+    assert kept and kept[0] < len(prompts)  # rows were dropped mid-generation
+    for row, (res, ref) in enumerate(zip(results, full)):
+        expected = ref.tokens[: ref.tokens.index(stop)] if stop in ref.tokens else ref.tokens
+        assert res.tokens == expected and res.finish_reason == ("stop" if stop in ref.tokens else "length")
+        assert [t for r, t in streamed if r == row] == res.tokens  # streamed under the prompt's own row
+
+
 def test_all_rows_stop_ends_early():
     model = tiny_model()
     first = generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=1, temperature=0.0))[0].tokens[0]

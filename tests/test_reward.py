@@ -111,3 +111,26 @@ def test_long_inputs_keep_their_end(world_tokenizer):
     b, cut_b = reward_input_ids(world_tokenizer, long_prompt, "No.", max_len=64)
     assert cut_a and cut_b and len(a) == len(b) == 64
     assert a != b and a[-1] == b[-1] == world_tokenizer.im_end_id
+
+
+def test_scores_in_length_groups_equal_one_padded_forward():
+    # Rows of very different lengths, right-padded: grouping them by length (each group cut to its
+    # own longest row) must give the scores and the gradients of one forward over the padded batch.
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64,
+                            max_seq_len=40, head="scalar"))
+    lengths = [3, 30, 5, 7, 2, 40, 4, 6, 9]
+    ids = torch.zeros(len(lengths), 40, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(1, 50, (n,))
+    last = torch.tensor(lengths) - 1
+    results = []
+    for groups in (1, 4):
+        model.zero_grad()
+        s = scores_at(model, ids, last, length_groups=groups)
+        (s * torch.arange(1.0, len(lengths) + 1)).sum().backward()
+        results.append((s.detach(), [p.grad.clone() for p in model.parameters()]))
+    (s1, g1), (s4, g4) = results
+    torch.testing.assert_close(s4, s1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g4, g1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

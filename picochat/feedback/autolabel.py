@@ -41,8 +41,12 @@ from picochat.world.tasks import read_chat_examples
 
 @dataclass
 class LabelConfig:
-    k: int = 4  # responses per prompt, 2..9
-    n_prompts: int = 1500  # train prompts to label
+    # K=8: the simulated labeler's ranking then agrees with the gold order on 0.81 of pairs, at K=4
+    # on 0.71 (every answer is compared 7 times, so single flipped decisions average out), and a
+    # prompt gives 28 pairs instead of 6. 4,000 prompts x 8 trained a reward model whose best-of-4
+    # pick gained +0.071 gold on held-out prompts where 1,500 x 4 gained +0.032 (see README).
+    k: int = 8  # responses per prompt, 2..9
+    n_prompts: int = 4000  # train prompts to label
     n_test_prompts: int = 200  # held-out prompts labeled into a separate file for RM evaluation
     temperature: float = 1.0
     top_p: float = 1.0

@@ -75,6 +75,7 @@ def collate(records: list[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor
         "losers": torch.tensor(losers, dtype=torch.long),
         "pair_prompt": torch.tensor(pair_prompt, dtype=torch.long),
         "n_prompts": torch.tensor(len(records)),
+        "n_tokens": last.sum() + len(rows),  # real tokens, without the padding
     }
 
 

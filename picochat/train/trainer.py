@@ -378,7 +378,9 @@ class Trainer:
                     loss = self.loss_fn(self.forward_model, batch)
                 (loss / accum if scales is None else loss * scales[micro]).backward()
             loss_sum += loss.item() if scales is None else loss.item() * scales[micro]
-            tokens += batch["input_ids"].numel()
+            # A stage whose rows are padded may say how many tokens are real ("n_tokens"), so that
+            # tokens/s and MFU do not count padding.
+            tokens += int(batch["n_tokens"]) if "n_tokens" in batch else batch["input_ids"].numel()
         local_loss = loss_sum / accum if scales is None else loss_sum  # with scales: world_size × this rank's share
         stop_requested = stop.requested  # a Ctrl-C during this step stops after it
         if self.world_size == 1:
