@@ -5,7 +5,10 @@ about 20x (OpenMP threads spin at barriers waiting for the busy core), while 1 t
 half speed. Watching for a jump in step time alone misses a machine that is already busy when the
 run starts (every step is slow, so none stands out), so the watch also *measures*: after a few
 warm-up steps it runs a handful of steps on one thread, keeps whichever setting stepped faster, and
-compares again every `recheck_every` steps, or at once when step times jump.
+compares again every `recheck_every` steps, or at once when step times jump. The scheduled checks
+fall on fixed global steps (10, 210, 410, ...), so a resumed run changes threads at the same steps
+as the uninterrupted one: the thread count changes float rounding, and exact resume needs both
+runs to compute each step with the same count.
 
 On a quiet 2-core machine a check costs `probe_steps` steps at about half speed: 5 steps in 200,
 about 1% of the run.
@@ -32,19 +35,18 @@ class StepTimeWatch:
         self.times: deque[float] = deque(maxlen=window)  # recent step times at self.threads
         self.probe_times: list[float] = []
         self.probing = False
-        self.steps = 0
-        self.next_check = warmup_steps
+        self.warmup_steps = warmup_steps
         self.slow_steps: list[float] = []  # the current streak of jumped step times
 
     @property
     def other_threads(self) -> int:
         return 1 if self.threads == self.full_threads else self.full_threads
 
-    def observe(self, step_s: float, bar=None) -> None:
-        """Record one training step's wall time; may change torch's thread count for the next steps."""
+    def observe(self, step_s: float, step: int, bar=None) -> None:
+        """Record the wall time of training step `step` (global, counted from 1); may change torch's
+        thread count for the next steps."""
         if not self.enabled:
             return
-        self.steps += 1
         if self.probing:
             self.probe_times.append(step_s)
             if len(self.probe_times) >= self.probe_steps:
@@ -57,7 +59,8 @@ class StepTimeWatch:
         else:
             self.slow_steps = []
             self.times.append(step_s)
-        if self.steps >= self.next_check or len(self.slow_steps) >= self.patience:
+        scheduled = step >= self.warmup_steps and (step - self.warmup_steps) % self.recheck_every == 0
+        if (scheduled and self.times) or len(self.slow_steps) >= self.patience:
             self._start_probe()
 
     def _start_probe(self) -> None:
@@ -72,7 +75,6 @@ class StepTimeWatch:
         current = statistics.median(self.times) if self.times else float("inf")
         other = statistics.median(self.probe_times)
         self.probing = False
-        self.next_check = self.steps + self.recheck_every
         if other < 0.9 * current:  # a clear win only: the two settings are timed on different steps
             old, self.threads = self.threads, self.other_threads
             self.times.clear()

@@ -307,7 +307,7 @@ class Trainer:
                 self.tokens_seen += step_tokens
                 tokens_window += step_tokens
                 run_tokens += step_tokens
-                watch.observe(time.perf_counter() - t_step, bar)
+                watch.observe(time.perf_counter() - t_step, self.step, bar)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
 
