@@ -12,6 +12,26 @@ from picochat.world import WorldConfig, write_world
 SMALL_WORLD = WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.25)
 
 
+def kill_at_checkpoint(proc, state_file, key: str, at_least: int, timeout: float) -> None:
+    """SIGKILL `proc` once the trainer state it checkpoints to `state_file` has `key` >= at_least
+    (a kill in the middle of a stage, for the resume tests). Fails if it finished first."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if torch.load(state_file, weights_only=True)[key] >= at_least:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):  # not written yet, or being swapped in
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, f"{proc.args[:4]} finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(1)  # stable and fast for tiny models on a shared 2-core CI machine

@@ -10,7 +10,7 @@ import pytest
 
 from picochat.cli import main
 
-from conftest import TINY
+from conftest import TINY, kill_at_checkpoint
 
 def test_run_writes_every_stage_with_summaries(run_dir):
     for stage in ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo"):
@@ -106,12 +106,7 @@ def test_console_script_help_explains_commands():
 def test_hard_kill_then_rerun_reproduces_the_uninterrupted_run(tmp_path):
     """SIGKILL (no chance to save) mid-run: the rerun resumes from the last periodic checkpoint
     and its log matches an uninterrupted run exactly."""
-    import os
     import shutil
-    import signal
-    import time
-
-    import torch
 
     args = [*TINY, "pretrain.train.max_steps=60", "pretrain.train.ckpt_every=5", "pretrain.train.eval_every=0",
             "pretrain.train.threads=1"]
@@ -122,15 +117,7 @@ def test_hard_kill_then_rerun_reproduces_the_uninterrupted_run(tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "picochat", "pretrain", "--out", str(killed), "--no-progress", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "pretrain" / "checkpoint" / "trainer_state.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and torch.load(state, weights_only=True)["step"] >= 10:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, killed / "pretrain" / "checkpoint" / "trainer_state.pt", "step", 10, timeout=120)
     assert not (killed / "pretrain" / "summary.json").exists()
 
     assert main(["pretrain", "--out", str(killed), "--no-progress", *args]) == 0

@@ -8,18 +8,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from picochat.cli import main
 
-from conftest import TINY
+from conftest import TINY, kill_at_checkpoint
 
 PLOTS = ("losses.png", "reward_model.png", "ppo.png", "dpo.png", "before_after.png")
 
@@ -171,18 +169,7 @@ def test_pipeline_killed_in_ppo_resumes_to_the_uninterrupted_result(run_dir, tmp
 
     subprocess.run(command(clean), check=True, env=env, stdout=subprocess.DEVNULL, timeout=300)
     proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    state = killed / "ppo" / "checkpoint" / "trainer_state.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if torch.load(state, weights_only=True)["iteration"] >= 4:
-                break
-        except (FileNotFoundError, RuntimeError, EOFError):  # not written yet, or being swapped in
-            pass
-        time.sleep(0.02)
-    assert proc.poll() is None, "PPO finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, killed / "ppo" / "checkpoint" / "trainer_state.pt", "iteration", 4, timeout=300)
     assert not (killed / "ppo" / "summary.json").exists()
 
     resumed = subprocess.run(command(killed), check=True, env=env, capture_output=True, text=True, timeout=300)
