@@ -150,6 +150,9 @@ def _rm_line(s: dict) -> str:
     if "gold_pair_accuracy" in s:
         line += (f", vs gold ordering {s['gold_pair_accuracy']:.3f} "
                  f"(labels agree with gold on {s['label_gold_agreement']:.3f})")
+    if "best_of_4_gold_gain" in s:
+        line += (f"; its best of 4 answers gains {s['best_of_4_gold_gain']:+.3f} gold over a random one "
+                 f"(the gold scorer's pick {s['best_of_4_oracle_gain']:+.3f})")
     return line
 
 

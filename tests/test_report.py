@@ -61,6 +61,9 @@ def test_run_writes_the_report_its_plots_and_its_comparison(run_dir):
         assert s["tokens"] > 0 and s["tokens_per_s"] > 0, stage
     for stage in ("pretrain", "sft", "rm", "ppo", "dpo"):
         assert 0 < json.loads((run_dir / stage / "summary.json").read_text())["mfu"] < 1, stage
+    rm = json.loads((run_dir / "rm" / "summary.json").read_text())  # what the RM's picks buy, vs the oracle's
+    assert rm["best_of_4_prompts"] > 0 and rm["best_of_4_gold_gain"] <= rm["best_of_4_oracle_gain"]
+    assert f"scores {rm['best_of_4_gold_gain']:+.3f} gold over a random one" in report
 
 
 def test_report_figures_are_the_run_files_figures(run_dir, tmp_path, capsys):

@@ -10,7 +10,8 @@ import torch
 from picochat.data.preferences import PreferenceRecord
 from picochat.model import GPT, ModelConfig
 from picochat.reward import pad_right, reward_input_ids, scores_at
-from picochat.train.reward import EncodedRecord, collate, fit_normalization, pair_metrics, reward_loss
+from picochat.train.reward import (EncodedRecord, best_of_n_gold, collate, fit_normalization, pair_metrics,
+                                   reward_loss)
 from picochat.train.reward_loss import best_of_k_loss, pairwise_loss, scalar_loss
 
 
@@ -103,6 +104,25 @@ def test_pair_metrics_against_gold_and_noise_ceiling(world_tokenizer):
     m = pair_metrics([EncodedRecord(rec, world_tokenizer, 128)], [[1.0, 0.0]])
     assert m["pair_accuracy"] == 0.0 and m["gold_pair_accuracy"] == 1.0 and m["label_gold_agreement"] == 0.0
     assert m["pair_log_loss"] == pytest.approx(-math.log(1 / (1 + math.e)))
+
+
+def test_best_of_n_gold_gain_against_hand_computed_values(world_tokenizer):
+    # Prompt A: gold 1, 0, 0.5, 0 ; RM prefers answer 2, then 0. Prompt B: gold 0, 1 (2 answers
+    # only: it counts for n=2, not n=4). A prompt without gold scores counts for nothing.
+    gold_a, gold_b = [1.0, 0.0, 0.5, 0.0], [0.0, 1.0]
+    recs = [PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [2], [1, 3]], meta={"gold_scores": gold_a}),
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": gold_b}),
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]])]
+    enc = [EncodedRecord(r, world_tokenizer, 128) for r in recs]
+    scores = [[0.5, -1.0, 0.9, 0.0], [2.0, 1.0], [0.0, 1.0]]
+    m = best_of_n_gold(enc, scores, ns=(2, 4, 8))
+    # n=2: A picks answer 0 (1.0 - 0.5 = +0.5), B picks answer 0 (0.0 - 0.5 = -0.5); oracle +0.5 each.
+    assert m["best_of_2_gold_gain"] == pytest.approx(0.0)
+    assert m["best_of_2_oracle_gain"] == pytest.approx(0.5)
+    # n=4: A only, picks answer 2: 0.5 - 0.375; oracle 1.0 - 0.375.
+    assert m["best_of_4_gold_gain"] == pytest.approx(0.125)
+    assert m["best_of_4_oracle_gain"] == pytest.approx(0.625)
+    assert "best_of_8_gold_gain" not in m and (m["best_of_2_prompts"], m["best_of_4_prompts"]) == (2, 1)
 
 
 def test_long_inputs_keep_their_end(world_tokenizer):
