@@ -108,13 +108,16 @@ def test_pair_metrics_against_gold_and_noise_ceiling(world_tokenizer):
 
 def test_best_of_n_gold_gain_against_hand_computed_values(world_tokenizer):
     # Prompt A: gold 1, 0, 0.5, 0 ; RM prefers answer 2, then 0. Prompt B: gold 0, 1 (2 answers
-    # only: it counts for n=2, not n=4). A prompt without gold scores counts for nothing.
+    # only: it counts for n=2, not n=4). Prompts without gold scores, or with malformed ones (not
+    # one number per response), count for nothing.
     gold_a, gold_b = [1.0, 0.0, 0.5, 0.0], [0.0, 1.0]
     recs = [PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [2], [1, 3]], meta={"gold_scores": gold_a}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": gold_b}),
-            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]])]
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]]),
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": [1.0]}),
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": ["a", 1]})]
     enc = [EncodedRecord(r, world_tokenizer, 128) for r in recs]
-    scores = [[0.5, -1.0, 0.9, 0.0], [2.0, 1.0], [0.0, 1.0]]
+    scores = [[0.5, -1.0, 0.9, 0.0], [2.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]
     m = best_of_n_gold(enc, scores, ns=(2, 4, 8))
     # n=2: A picks answer 0 (1.0 - 0.5 = +0.5), B picks answer 0 (0.0 - 0.5 = -0.5); oracle +0.5 each.
     assert m["best_of_2_gold_gain"] == pytest.approx(0.0)

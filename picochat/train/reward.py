@@ -44,7 +44,10 @@ class EncodedRecord:
         self.label = record.label
         gold = record.meta.get("gold_ranking")
         self.gold_pairs = _pairs_of(gold) if gold else None
-        self.gold_scores = record.meta.get("gold_scores")
+        gold_scores = record.meta.get("gold_scores")  # the built-in labeler's; ignored unless one number per response
+        self.gold_scores = gold_scores if (
+            isinstance(gold_scores, list) and len(gold_scores) == len(record.responses)
+            and all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in gold_scores)) else None
         self.task = record.meta.get("task")
 
 
@@ -155,7 +158,7 @@ def best_of_n_gold(records: list[EncodedRecord], scores: list[list[float]], ns=(
 
     Best-of-n sampling against a reward model moves about as far from the SFT model (KL ≈
     log n − (n−1)/n nats: 0.64 for n=4, 1.2 for n=8) as our PPO runs do, and PPO's gold gain has
-    stayed near the reward model's best-of-4 gain, so this says early what PPO can reach.
+    stayed at or below the reward model's best-of-4 gain, so this says early what PPO can reach.
     """
     out: dict = {}
     for n in ns:
