@@ -64,6 +64,11 @@ def test_run_writes_the_report_its_plots_and_its_comparison(run_dir):
     rm = json.loads((run_dir / "rm" / "summary.json").read_text())  # what the RM's picks buy, vs the oracle's
     assert rm["best_of_4_prompts"] > 0 and rm["best_of_4_gold_gain"] <= rm["best_of_4_oracle_gain"]
     assert f"scores {rm['best_of_4_gold_gain']:+.3f} gold over a random one" in report
+    for m, name in (("ppo", "PPO"), ("dpo", "DPO")):  # each tuner's own, larger evaluation sits beside the comparison
+        s = json.loads((run_dir / m / "summary.json").read_text())
+        assert (f"{name}'s own evaluation ({m}/summary.json, {s['gold']['n_prompts']} held-out prompts × "
+                f"{s['gold']['n_samples']} T=1 samples): gold {s['gold_score_sft_sampled']:.3f} (SFT) → "
+                f"{s['gold_score_sampled']:.3f}, {s['gold_gain_sampled']['mean']:+.3f}") in report
 
 
 def test_report_figures_are_the_run_files_figures(run_dir, tmp_path, capsys):
