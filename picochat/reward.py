@@ -59,8 +59,9 @@ def scores_at(model: torch.nn.Module, input_ids: torch.Tensor, last_index: torch
     The rows run in up to `length_groups` forwards of rows of similar length, each cut to its own
     longest row: K answers to a batch of prompts are mostly short with a few long ones (stories),
     and one forward would pay the longest length for every row (on the built-in K=8 labels the
-    reward-model stage ran 2.1x faster in groups). Several forwards of a DDP/FSDP-wrapped model before one backward are not
-    what those wrappers expect, so under torchrun a training forward stays one."""
+    reward-model stage ran 2.1x faster in groups). Several forwards of a DDP/FSDP-wrapped model
+    before one backward are not what those wrappers expect, so under torchrun a training forward
+    stays one."""
     n = input_ids.shape[0]
     groups = min(length_groups, n)
     if groups <= 1 or (torch.is_grad_enabled() and distributed.is_distributed()):

@@ -114,7 +114,7 @@ def test_best_of_n_gold_gain_against_hand_computed_values(world_tokenizer):
     recs = [PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [2], [1, 3]], meta={"gold_scores": gold_a}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": gold_b}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]]),
-            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": [1.0]}),
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": [0.0, 0.0, 1.0]}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": ["a", 1]})]
     enc = [EncodedRecord(r, world_tokenizer, 128) for r in recs]
     scores = [[0.5, -1.0, 0.9, 0.0], [2.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]

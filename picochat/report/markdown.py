@@ -247,8 +247,8 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
                          f"{fmt(s.get('reward_before_median'))} → {fmt(s.get('reward_after_median'))} "
                          f"({s.get('baseline', 'start')} → {MODEL_NAMES[m]}).")
     for m in ("ppo", "dpo"):
-        s, gain = run.summary(m), run.summary(m).get("gold_gain_sampled")
-        gold = s.get("gold") if isinstance(s.get("gold"), dict) else {}
+        s = run.summary(m)
+        gain, gold = s.get("gold_gain_sampled"), s.get("gold") if isinstance(s.get("gold"), dict) else {}
         if gain and "n_samples" in gold:  # more answers than the comparison's one per prompt: a narrower CI
             lines.append(f"- {MODEL_NAMES[m]}'s own evaluation ({m}/summary.json, {gold['n_prompts']} held-out prompts "
                          f"× {gold['n_samples']} T=1 samples): gold {fmt(s.get('gold_score_sft_sampled'))} "
