@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from picochat.io import atomic_write, atomic_write_json, resolve_swapped_directory, swap_in_directory
+from picochat.io import atomic_write, atomic_write_json, make_temp_dir, resolve_swapped_directory, swap_in_directory
 from picochat.model import GPT, ModelConfig
 
 MODEL_FILE = "model.safetensors"
@@ -82,8 +81,7 @@ def save_checkpoint(
 ) -> Path:
     """Write `stage_dir/checkpoint/` (model dir + trainer state) as one atomic swap."""
     stage_dir = Path(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=stage_dir))
+    tmp = make_temp_dir(stage_dir, CHECKPOINT_DIR)
     try:
         write_model_dir(tmp, model, tokenizer_file, {**(meta or {}), "step": state["step"]})
         torch.save(state, tmp / STATE_FILE)

@@ -486,12 +486,32 @@ def build_config(
     cfg.ppo.validate()
     cfg.dpo.validate()
     cfg.report.validate()
+    _check_fractions(cfg)
     _resolve_data_root(cfg)
     try:
         cfg.model.validate()
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     return cfg
+
+
+def _check_fractions(cfg: RunConfig) -> None:
+    """Shares and probabilities lie in their interval: a held-out share of -1 or 2 would train on
+    no data or evaluate on none (val loss nan), and would be saved into the run's config.yaml."""
+    held_out = {"pretrain.val_fraction": cfg.pretrain.val_fraction, "sft.val_fraction": cfg.sft.val_fraction,
+                "rm.val_fraction": cfg.rm.val_fraction, "dpo.val_fraction": cfg.dpo.val_fraction}
+    for key, value in held_out.items():
+        if not 0 < value < 1:
+            raise ConfigError(f"{key} is the held-out share of the data and must be between 0 and 1 "
+                              f"(exclusive), got {value}")
+    unit = {"label.flip_prob": cfg.label.flip_prob}
+    for section in ("pretrain", "sft", "rm", "ppo", "dpo"):
+        train = getattr(cfg, section).train
+        unit[f"{section}.train.min_lr_ratio"] = train.min_lr_ratio
+        unit[f"{section}.train.wsd_decay_fraction"] = train.wsd_decay_fraction
+    for key, value in unit.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key} must be between 0 and 1, got {value}")
 
 
 def _resolve_data_root(cfg: RunConfig) -> None:

@@ -37,6 +37,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """An empty `parent/.<name>.XXXX/` to write a directory into before `swap_in_directory`.
+
+    Temp directories of earlier writes that were killed halfway are removed first: a directory
+    has one writer at a time (rank 0 of one run), so any that exist now are orphans."""
+    remove_orphan_temp_dirs(parent, name)
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+
+
+def remove_orphan_temp_dirs(parent: Path, name: str) -> None:
+    """Delete the `parent/.<name>.*` temp directories left by writes that were killed halfway."""
+    for tmp in Path(parent).glob(f".{name}.*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def swap_in_directory(tmp_dir: Path, final_dir: Path) -> None:
     """Replace `final_dir` by the fully written `tmp_dir`.
 

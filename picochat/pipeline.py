@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,10 @@ from typing import Callable
 
 from picochat import distributed
 from picochat.config import RunConfig, save_config, stage_reference
-from picochat.io import MetricsLog, atomic_write_json
+from picochat.checkpoint import CHECKPOINT_DIR
+from picochat.io import MetricsLog, atomic_write_json, remove_orphan_temp_dirs
 from picochat.memory import peak_rss_mb, reset_peak_rss
+from picochat.stage_backup import StageBackup
 
 
 @dataclass(frozen=True)
@@ -271,10 +273,16 @@ def check_run(cfg: RunConfig, running: list[str] | None = None) -> None:
                              f"(stages: {', '.join(stages)}); add it to stages, or point the setting that names it "
                              f"(e.g. {name}.init) at a model directory")
     _check_local_sources(cfg, [n for n in (running or stages) if n in STAGES])
+    for name in stages:
+        check_stage_lengths(name, cfg)
+
+
+def check_stage_lengths(name: str, cfg: RunConfig) -> None:
+    """The sequence lengths stage `name` is given fit the model it trains."""
     max_len = cfg.model.max_seq_len
-    if "pretrain" in stages and cfg.pretrain.seq_len > max_len:
+    if name == "pretrain" and cfg.pretrain.seq_len > max_len:
         raise ValueError(f"pretrain.seq_len={cfg.pretrain.seq_len} exceeds model.max_seq_len={max_len}")
-    if "ppo" in stages and cfg.ppo.format == "text" and cfg.ppo.prompt_tokens + 1 + cfg.ppo.max_new_tokens > max_len:
+    if name == "ppo" and cfg.ppo.format == "text" and cfg.ppo.prompt_tokens + 1 + cfg.ppo.max_new_tokens > max_len:
         raise ValueError(f"ppo.prompt_tokens + 1 + ppo.max_new_tokens exceeds model.max_seq_len={max_len}")
 
 
@@ -310,20 +318,31 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
                 f"stage {name!r} needs stage {up!r} first: run `picochat {up} --out {out}` "
                 f"(or `picochat run --out {out}`)"
             )
+    # Everything that can be checked without running the stage is checked before anything on disk
+    # changes: a mistyped file name must not cost the finished stage it would replace.
+    _check_local_sources(cfg, [name])
+    check_stage_lengths(name, cfg)
     distributed.barrier()  # every process has read the stage's state before rank 0 changes it
+    backup = StageBackup(stage_dir, out / "config.yaml")
     if distributed.is_main():
+        where = backup.set_aside() if status == "stale" else backup.remember_config()
         if status == "stale":
-            print(f"[{name}] config or inputs changed since {stage_dir} was written: starting this stage over")
-            shutil.rmtree(stage_dir)
+            print(f"[{name}] config or inputs changed since {stage_dir} was written: starting this stage over ({where})")
+        remove_orphan_temp_dirs(stage_dir, CHECKPOINT_DIR)  # left by a kill during a checkpoint write
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stage_dir / "stage.json", {"stage": name, "fingerprint": stage_fingerprint(name, cfg)})
         save_config(cfg, out / "config.yaml")
     distributed.barrier()
     summary: dict = {}
-    if stage.distributed or distributed.is_main():
-        module, function = stage.runner.split(":")
-        reset_peak_rss()  # this stage's peak, not the peak of the stages before it in this process
-        summary = getattr(importlib.import_module(module), function)(cfg, out, show_progress)
+    try:
+        if stage.distributed or distributed.is_main():
+            module, function = stage.runner.split(":")
+            reset_peak_rss()  # this stage's peak, not the peak of the stages before it in this process
+            summary = getattr(importlib.import_module(module), function)(cfg, out, show_progress)
+    except BaseException:
+        if distributed.is_main():
+            print(f"[{name}] stopped: {backup.rollback()}", file=sys.stderr)
+        raise
     if distributed.is_main():
         summary["fingerprint"] = stage_fingerprint(name, cfg)
         summary["peak_rss_mb"] = peak_rss_mb()
@@ -331,6 +350,7 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
         if not metrics.path.exists():  # stages without a training loop log their one result
             metrics.write({"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}})
         atomic_write_json(stage_dir / "summary.json", summary)
+        backup.commit()
         print(f"[{name}] done: {stage.summary_line(summary)} -> {stage_dir}")
     distributed.barrier()  # the others read what rank 0 wrote
     if not distributed.is_main():

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+from pathlib import Path
+
+# One thread everywhere, set before torch is imported: in this process (also while the session
+# fixtures train, before any test's own fixture runs) and in every CLI subprocess a test starts.
+# With one thread the trainer never switches thread counts by timing (a choice that depends on
+# the machine's load and changes float rounding), so every figure the tests check is the same on a
+# quiet and on a busy machine.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 from picochat.data.shards import build_shards, load_shards
 from picochat.cli import main
@@ -84,8 +97,22 @@ TINY = [
 ]
 
 
+def stage_outputs(run: Path) -> dict[str, bytes]:
+    """The models and summaries of a run's stages: what tests read from the shared run."""
+    stages = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo")
+    return {f"{stage}/{name}": (run / stage / name).read_bytes()
+            for stage in stages for name in ("model.safetensors", "summary.json") if (run / stage / name).exists()}
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
+    """The tiny pipeline, run once per session. Tests read it; a test that changes a stage works on
+    a copy, or every test after it would read another model depending on the order tests run in
+    (a reward-model test once failed on a fresh clone that way). Checked at the end of the session."""
     out = tmp_path_factory.mktemp("run")
     assert main(["run", "--out", str(out), "--no-progress", *TINY]) == 0
-    return out
+    before = stage_outputs(out)
+    yield out
+    changed = sorted(k for k in before.keys() | stage_outputs(out).keys()
+                     if before.get(k) != stage_outputs(out).get(k))
+    assert not changed, f"a test changed the shared run_dir's stages (work on a copy instead): {changed}"

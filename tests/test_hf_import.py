@@ -138,8 +138,11 @@ def test_rope_theta_from_either_config_style():
 
 def test_biased_checkpoint_refused_through_the_cli(tmp_path, capsys):
     save_random_llama(tmp_path / "qwenish", attention_bias=True)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}]}) + "\n", encoding="utf-8")
     assert main(["sft", "--out", str(tmp_path / "run"), f"sft.init=hf:{tmp_path / 'qwenish'}",
-                 f"sft.sources={tmp_path / 'none.jsonl'}"]) == 2
+                 f"sft.sources={chats}"]) == 2
     err = capsys.readouterr().err
     assert "attention_bias = true" in err and "no biases" in err and "qwenish" in err
 

@@ -52,7 +52,8 @@ def test_run_writes_every_stage_with_summaries(run_dir):
     assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20, 25, 30]
 
 
-def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, capsys):
+def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, tmp_path, capsys):
+    import shutil
     import time
 
     t0 = time.perf_counter()
@@ -63,18 +64,20 @@ def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, capsys):
     assert "reusing the comparison" in out and "[report] wrote" in out  # the report is rewritten, no model runs
     assert "[run] plan" not in out  # nothing to estimate: nothing runs
     assert seconds < 60, seconds  # measured ≈5 s (mostly drawing the plots); generous for a loaded machine
-    # A pretraining change redoes pretraining only.
-    assert main(["pretrain", "--out", str(run_dir), "--no-progress", *TINY, "train.max_steps=10"]) == 0
+    # A pretraining change redoes pretraining only (in a copy: the session's run is shared by other tests).
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old"))
+    assert main(["pretrain", "--out", str(run), "--no-progress", *TINY, "train.max_steps=10"]) == 0
     out = capsys.readouterr().out
     assert "starting this stage over" in out
-    assert json.loads((run_dir / "pretrain" / "summary.json").read_text())["steps"] == 10
+    assert json.loads((run / "pretrain" / "summary.json").read_text())["steps"] == 10
     # ... and SFT, which started from the old pretrained model, is now out of date.
     from picochat.config import build_config
     from picochat.pipeline import stage_status
 
-    cfg = build_config(preset=None, base_file=run_dir / "config.yaml")
-    assert stage_status("pretrain", cfg, run_dir) == "done"
-    assert stage_status("sft", cfg, run_dir) == "stale"
+    cfg = build_config(preset=None, base_file=run / "config.yaml")
+    assert stage_status("pretrain", cfg, run) == "done"
+    assert stage_status("sft", cfg, run) == "stale"
 
 
 def test_sample_command_continues_a_prompt(run_dir, capsys):

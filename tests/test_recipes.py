@@ -126,14 +126,14 @@ def test_scalar_label_reward_model_learns_with_bce(run_dir, tmp_path):
     out = tmp_path / "rm_run"
     args = [f"init={run_dir / 'pretrain'}", f"sources={data}", "loss=bce", "normalize=none", "seq_len=48",
             "val_fraction=0.2", "train.max_steps=60", "train.batch_size=8", "train.lr=0.005", "train.eval_every=30",
-            "train.log_every=5", "train.ckpt_every=30"]
+            "train.log_every=5", "train.ckpt_every=30", "train.precision=fp32"]
     assert main(["rm", "--out", str(out), "--no-progress", *args]) == 0
     summary = json.loads((out / "rm" / "summary.json").read_text())
     losses = [json.loads(x)["loss"] for x in (out / "rm" / "metrics.jsonl").read_text().splitlines() if "loss" in x]
     assert summary["loss"] == "bce" and summary["n_scalar"] > 30
     assert sum(losses[-2:]) / 2 < 0.5 * losses[0], losses  # from ≈ln 2 towards 0
-    # ~46 held-out texts: one text is 0.02 of accuracy, and bf16 rounding (which depends on how rows
-    # are grouped into forwards) moves a text or two across the threshold; chance is 0.5.
+    # ~46 held-out texts: one text is 0.02 of accuracy; chance is 0.5. fp32, so that a CPU without
+    # fast bf16 computes the same figures (measured: final loss 0.03-0.08 over seeds 1, 2, 1337).
     assert summary["scalar_accuracy"] > 0.85 and summary["scalar_auc"] > 0.95
     assert summary["score_mean_positive"] > summary["score_mean_negative"]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from picochat import distributed
 from picochat.chat import write_tokenizer_config
 from picochat.checkpoint import load_model_dir, write_model_dir
 from picochat.config import PPOConfig, RunConfig, model_location, stage_reference
-from picochat.io import MetricsLog, atomic_write_text, resolve_swapped_directory, swap_in_directory
+from picochat.io import MetricsLog, atomic_write_text, make_temp_dir, resolve_swapped_directory, swap_in_directory
 from picochat.prompt import reward_input
 from picochat.reward import RewardModel
 from picochat.tokenizer import EOT, Tokenizer
@@ -133,7 +132,7 @@ class PPOTrainer:
     def save(self) -> None:
         if not self.is_main:  # all processes hold the same weights; rank 0 writes them
             return
-        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.stage_dir))
+        tmp = make_temp_dir(self.stage_dir, "checkpoint")
         try:
             write_model_dir(tmp, self.policy, self.tokenizer_file, {"stage": "ppo", "iteration": self.iteration})
             (tmp / "value").mkdir()
