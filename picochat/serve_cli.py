@@ -4,8 +4,9 @@
     picochat serve --ckpt runs/tiny/ppo --rm runs/tiny/rm    # plus POST /v1/score
     picochat serve --ckpt runs/tiny/sft --label-prompts prompts.jsonl --label-out my_labels.jsonl
 
-It binds to 127.0.0.1 unless told otherwise; give an API key (`--api-key` or PICOCHAT_API_KEY)
-before binding to any other address.
+It binds to 127.0.0.1 unless told otherwise and answers only to its own host names (hosts.py);
+give an API key (PICOCHAT_API_KEY, or --api-key) before binding to any other address. SECURITY.md
+describes what the server exposes and how to put it behind a reverse proxy.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="model directory or stage directory, e.g. runs/tiny/sft")
     p.add_argument("--rm", default=None, help="reward model directory (enables POST /v1/score), e.g. runs/tiny/rm")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                   help=f"require 'Authorization: Bearer KEY' on the API (default: ${API_KEY_ENV}; none = open)")
+    p.add_argument("--port", type=port_number, default=8000, help="port to listen on, 0..65535 (default: 8000)")
+    p.add_argument("--allowed-hosts", type=host_list, default=[], metavar="NAMES",
+                   help="host names clients may reach the server by, besides localhost, 127.0.0.1, [::1] and "
+                        "--host, comma-separated ('*' = any): the public name behind a reverse proxy, or the "
+                        "machine's names when binding 0.0.0.0. Requests for other names get 400 (DNS rebinding)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on the API (none = open). Prefer the environment "
+                        f"variable {API_KEY_ENV}=KEY: a key given here is visible to every user of this machine "
+                        "in `ps`; this option wins when both are set")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: picochat-<stage>)")
     p.add_argument("--max-batch-rows", type=int, default=32, help="answers decoded together in one forward pass")
     p.add_argument("--no-batching", action="store_true",
@@ -54,6 +61,33 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="warning", help="uvicorn log level (info shows every request)")
 
 
+def port_number(text: str) -> int:
+    """argparse type of --port: an integer 0..65535 (0: the system picks a free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; expected an integer 0..65535, "
+                                         "e.g. 8000") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number; expected 0..65535, e.g. 8000")
+    return port
+
+
+def host_list(text: str) -> list[str]:
+    """argparse type of --allowed-hosts: 'a.example,b.example' -> ['a.example', 'b.example']."""
+    return [h.strip() for h in text.split(",") if h.strip()]
+
+
+def resolve_api_key(args) -> str | None:
+    """--api-key, else $PICOCHAT_API_KEY, else None (no key). A key on the command line works,
+    with a warning: other users of the machine can read it with `ps`."""
+    if args.api_key:
+        print(f"picochat serve: warning: --api-key is visible to other users of this machine (ps); set "
+              f"{API_KEY_ENV} in the environment instead", file=sys.stderr)
+        return args.api_key
+    return os.environ.get(API_KEY_ENV) or None
+
+
 def default_label_out(ckpt: str | Path) -> Path:
     """<run>/human_labels/preferences.jsonl when the checkpoint sits in a picochat run directory.
     Not inside <run>/label/: the pipeline deletes a stage's directory when it redoes the stage,
@@ -64,8 +98,9 @@ def default_label_out(ckpt: str | Path) -> Path:
     return Path("human_preferences.jsonl")
 
 
-def build_service(args):
-    """Load the model(s) and assemble the Service the app serves (engine not yet started)."""
+def build_service(args, api_key: str | None, hosts):
+    """Load the model(s) and assemble the Service the app serves (engine not yet started);
+    `hosts` is the HostPolicy (hosts.host_policy)."""
     from picochat.checkpoint import load_model_dir
     from picochat.serve.api import Service
     from picochat.serve.engine import BatchEngine
@@ -88,19 +123,20 @@ def build_service(args):
     limits = ServeLimits(max_n=args.max_n, max_messages=args.max_messages, max_chars=args.max_chars,
                          default_max_tokens=args.default_max_tokens)
     name = args.model_name or f"picochat-{meta.get('stage') or Path(meta['model_dir']).name}"
-    service = Service(engine=engine, tokenizer=tokenizer, model_name=name, limits=limits,
-                      api_key=args.api_key or None)
+    service = Service(engine=engine, tokenizer=tokenizer, model_name=name, limits=limits, api_key=api_key,
+                      hosts=hosts)
     if args.rm:
         from picochat.reward import RewardModel
 
         service.reward_model = RewardModel.load(args.rm, device)
         service.reward_name = f"picochat-{Path(args.rm).resolve().name}"  # e.g. picochat-rm
     if not args.no_label:
-        from picochat.serve.labeling import LabelStore, read_label_prompts
+        from picochat.serve.labeling import LabelStore, context_check, read_label_prompts
 
-        prompts = read_label_prompts(args.label_prompts) if args.label_prompts else []
+        fits = context_check(tokenizer, model.cfg.max_seq_len)  # prompts too long to answer are skipped
+        prompts = read_label_prompts(args.label_prompts, check=fits) if args.label_prompts else []
         out = Path(args.label_out) if args.label_out else default_label_out(args.ckpt)
-        service.labeling = LabelStore(out, prompts, k=args.label_k)
+        service.labeling = LabelStore(out, prompts, k=args.label_k, check=fits)
     return service, precision
 
 
@@ -112,15 +148,22 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise RuntimeError(f"serving needs FastAPI and uvicorn ({e}); install them with "
                            "`pip install 'picochat[serve]'`") from None
-    if not _is_loopback(args.host) and not args.api_key:
+    from picochat.serve.hosts import host_policy
+
+    api_key = resolve_api_key(args)
+    hosts = host_policy(args.host, args.allowed_hosts, api_key_set=api_key is not None)  # before the model loads
+    if not _is_loopback(args.host) and not api_key:
         print(f"picochat serve: warning: binding {args.host} without an API key: anyone who can reach this "
-              f"address can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
-    service, precision = build_service(args)
+              f"address can use the model (set {API_KEY_ENV})", file=sys.stderr)
+    service, precision = build_service(args, api_key, hosts)
     app = create_app(service)
-    url = f"http://{args.host}:{args.port}"
+    shown = "127.0.0.1" if args.host.strip("[]") in ("0.0.0.0", "::", "") else args.host  # an address to open
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}"
     print(f"[serve] {service.model_name} ({service.context}-token context, {precision}, "
           f"{'batching up to ' + str(args.max_batch_rows) + ' rows' if not args.no_batching else 'no batching'})")
     print(f"[serve] chat page {url}/   API {url}/v1   health {url}/health")
+    print(f"[serve] answers to host names: {'any' if hosts.any_host else ', '.join(sorted(hosts.names))}; "
+          f"API key {'required' if api_key else 'not required'}")
     if service.reward_model is not None:
         print(f"[serve] reward model {service.reward_name}: POST {url}/v1/score")
     if service.labeling is not None:

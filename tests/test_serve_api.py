@@ -152,12 +152,13 @@ def test_errors_have_openai_shape_and_server_stays_up(client, server):
         assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["message"]
         return body["error"]
 
-    assert expect(openai.UnprocessableEntityError, 422, temperature=3)["param"] == "temperature"
-    assert expect(openai.UnprocessableEntityError, 422, n=50)["param"] == "n"
-    assert expect(openai.UnprocessableEntityError, 422, top_p=0)["param"] == "top_p"
-    assert expect(openai.UnprocessableEntityError, 422, max_tokens=0)["param"] == "max_tokens"
-    assert expect(openai.UnprocessableEntityError, 422, stop=["a", "b", "c", "d", "e"])["param"] == "stop"
-    assert expect(openai.UnprocessableEntityError, 422, logprobs=True)
+    # Parameter errors are 400, as OpenAI answers them (its client raises BadRequestError).
+    assert expect(openai.BadRequestError, 400, temperature=3)["param"] == "temperature"
+    assert expect(openai.BadRequestError, 400, n=50)["param"] == "n"
+    assert expect(openai.BadRequestError, 400, top_p=0)["param"] == "top_p"
+    assert expect(openai.BadRequestError, 400, max_tokens=0)["param"] == "max_tokens"
+    assert expect(openai.BadRequestError, 400, stop=["a", "b", "c", "d", "e"])["param"] == "stop"
+    assert expect(openai.BadRequestError, 400, logprobs=True)["param"] == "logprobs"
     assert expect(openai.BadRequestError, 400, messages=[{"role": "assistant", "content": "hi"}])["param"] == "messages"
     assert expect(openai.BadRequestError, 400, messages=[{"role": "robot", "content": "hi"}])
     assert expect(openai.BadRequestError, 400, max_tokens=1000)["code"] == "context_length_exceeded"
@@ -172,8 +173,8 @@ def test_errors_have_openai_shape_and_server_stays_up(client, server):
     assert httpx.post(raw, json={"model": MODEL, "messages": ask("hi")}).status_code == 401  # no key
     r = httpx.post(raw, content=b'{"model": "picochat-test", "messages": [', headers=auth)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    assert httpx.post(raw, content=b"[1, 2]", headers=auth).status_code == 422
-    assert httpx.post(raw, content=b"\xff\xfe garbage", headers=auth).status_code in (400, 422)
+    assert httpx.post(raw, content=b"[1, 2]", headers=auth).status_code == 400
+    assert httpx.post(raw, content=b"\xff\xfe garbage", headers=auth).status_code == 400
     huge = json.dumps({"model": MODEL, "messages": ask("y" * 30_000)}).encode()
     r = httpx.post(raw, content=huge, headers=auth)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"

@@ -2,7 +2,8 @@
 
 The chat page must stream an answer into the page; the labeling page must turn clicks and drags
 into a ranking in the preference JSONL that the reward-model loader reads, and a reload must
-neither lose nor duplicate work."""
+neither lose nor duplicate work. Both run under their Content-Security-Policy: every test fails on
+a CSP violation the browser reports."""
 
 from pathlib import Path
 
@@ -57,9 +58,21 @@ def page(browser):
     page.set_default_timeout(TIMEOUT_MS)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: page.errors.append(m.text) if "Content Security Policy" in m.text else None)
     yield page
     assert page.errors == []
     context.close()
+
+
+def test_pages_send_security_headers_and_work_under_them(site, page):
+    for path, styled, ran in [("/", "header", "#model"), ("/label", ".buttons", "#progress")]:
+        response = page.goto(site.url + path)
+        headers = response.headers
+        assert "default-src 'none'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+        # The inline <style> applied (flex layout) and the inline <script> ran (it fetched /health).
+        assert page.locator(styled).evaluate("e => getComputedStyle(e).display") == "flex"
+        sync_api.expect(page.locator(ran)).not_to_have_text("…" if path == "/label" else "connecting…")
 
 
 def test_chat_page_streams_an_answer(site, page):

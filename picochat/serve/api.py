@@ -5,7 +5,10 @@
     POST /v1/chat/completions     chat (streaming SSE or not), n, stop, seed, usage
     POST /v1/completions          raw text continuation (documents start after <|endoftext|>)
     POST /v1/score                reward-model scores of responses to a conversation (--rm)
-    GET  /  and  /label           the chat page and the labeling page (see label_api.py)
+    GET  /  and  /label           the chat page and the labeling page (see label_api.py, pages.py)
+
+Every request first passes `HostGuard` (hosts.py: only this server's host names, no browser
+writes from other sites) and `BodySizeLimit` (body_limit.py). SECURITY.md sums up what is exposed.
 
 Routes only translate: they validate, render the prompt with the chat template (user text is
 never parsed as special tokens), submit a `GenerationRequest` to the `BatchEngine` and turn its
@@ -20,17 +23,19 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from picochat.chat import ChatFormatError, render_prompt, validate_messages
+from picochat.serve.body_limit import BodySizeLimit
 from picochat.serve.bridge import Submission, collect_or_cancel, sse, stream_response
 from picochat.serve.engine import BatchEngine, Delta, SamplingParams
 from picochat.serve.errors import APIError, install_error_handlers
-from picochat.serve.limits import BodySizeLimit, ServeLimits
+from picochat.serve.hosts import HostGuard, HostPolicy
+from picochat.serve.limits import ServeLimits
+from picochat.serve.pages import message_page, page_response
 from picochat.serve.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, ScoreRequest
 from picochat.tokenizer import Tokenizer
 
@@ -46,6 +51,7 @@ class Service:
     model_name: str
     limits: ServeLimits = field(default_factory=ServeLimits)
     api_key: str | None = None
+    hosts: HostPolicy = field(default_factory=HostPolicy)  # loopback names only; see hosts.host_policy
     reward_model: object | None = None  # picochat.reward.RewardModel
     reward_name: str | None = None
     labeling: object | None = None  # picochat.serve.labeling.LabelStore
@@ -110,6 +116,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
+    app.add_middleware(HostGuard, policy=service.hosts)  # added last = runs first
 
     def require_key(request: Request) -> None:
         if service.api_key is None:
@@ -223,7 +230,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():
-        return HTMLResponse(_static("chat.html"))
+        return page_response("chat.html")
 
     if service.labeling is not None:
         from picochat.serve.label_api import add_label_routes
@@ -232,7 +239,7 @@ def create_app(service: Service) -> FastAPI:
     else:
         @app.get("/label", response_class=HTMLResponse)
         async def no_labeling():
-            return HTMLResponse("<p>Labeling is off on this server: start it with <code>picochat serve --ckpt "
+            return message_page("<p>Labeling is off on this server: start it with <code>picochat serve --ckpt "
                                 "DIR --label-out FILE</code>.</p>", status_code=404)
 
     return app
@@ -241,10 +248,6 @@ def create_app(service: Service) -> FastAPI:
 def _model_card(service: Service) -> dict:
     return {"id": service.model_name, "object": "model", "created": service.created, "owned_by": "picochat",
             "context_length": service.context}
-
-
-def _static(name: str) -> str:
-    return resources.files("picochat.serve").joinpath("static", name).read_text(encoding="utf-8")
 
 
 async def _chat_chunks(submission: Submission, head: dict, prompt_tokens: int, include_usage: bool):

@@ -2,9 +2,11 @@
 
     HTTP 4xx/5xx  {"error": {"message": "...", "type": "invalid_request_error", "param": "n", "code": null}}
 
-400 a request that is well-formed but cannot be served (bad conversation, too long for the
-context), 401 no or wrong API key, 404 unknown model or route, 413 body too large, 422 a
-parameter out of range or of the wrong type, 429 the queue is full (retry later), 500 a bug.
+400 a request that cannot be served: malformed JSON, a parameter of the wrong type or out of range
+(OpenAI answers these with 400, and its client raises BadRequestError for them), a bad
+conversation, too long for the context, a Host name this server does not answer to; 401 no or
+wrong API key; 403 a browser write from another site (Origin); 404 unknown model or route; 409 a
+prompt that is already labeled; 413 body too large; 429 the queue is full (retry later); 500 a bug.
 FastAPI is imported only where a response is built, so the CLI's --help works without it.
 """
 
@@ -15,10 +17,10 @@ import logging
 
 log = logging.getLogger("picochat.serve")
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
-               422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-               503: "server_error"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error",
+               413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+               500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):
@@ -40,6 +42,14 @@ class APIError(Exception):
 
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
+    async def send(self, send) -> None:
+        """Answer with this error from ASGI middleware, before the app has seen the request."""
+        body = self.json_bytes()
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
 
 def _describe_validation(errors: list[dict]) -> tuple[str, str | None, bool]:
     """(message, param, whether the body was not JSON at all) from pydantic's error list."""
@@ -50,7 +60,8 @@ def _describe_validation(errors: list[dict]) -> tuple[str, str | None, bool]:
             return f"the request body is not valid JSON: {e.get('msg')}", None, True
         where = ".".join(loc) or "body"
         param = param or (loc[0] if loc else None)
-        parts.append(f"{where}: {e.get('msg')}")
+        message = str(e.get("msg", "")).removeprefix("Value error, ")  # pydantic's prefix for our own checks
+        parts.append(f"{where}: {message}")
     return "; ".join(parts), param, False
 
 
@@ -69,14 +80,15 @@ def install_error_handlers(app) -> None:
         message, param, not_json = _describe_validation(list(exc.errors()))
         if not_json:
             return APIError(400, message, code="invalid_json").response()
-        return APIError(422, message, param=param).response()
+        return APIError(400, message, param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
-        return APIError(exc.status_code, message).response()
+        code = "request_too_large" if exc.status_code == 413 else None  # limits.BodySizeLimit, mid-body
+        return APIError(exc.status_code, message, code=code).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

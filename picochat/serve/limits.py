@@ -2,8 +2,8 @@
 
 A public endpoint gets oversized and malformed input sooner or later. Every limit here is checked
 before any work is queued, and each failure says which limit, its value, and what to change.
-Raw body size is enforced while the body is read (`BodySizeLimit`), so a huge upload is cut off
-instead of being buffered first.
+Raw body size is enforced while the body is read (`body_limit.BodySizeLimit`), so a huge upload
+is cut off instead of being buffered first.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ class ServeLimits:
 
     def check_n(self, n: int) -> None:
         if n > self.max_n:
-            raise APIError(422, f"n is {n}, but this server returns at most {self.max_n} answers per request",
+            raise APIError(400, f"n is {n}, but this server returns at most {self.max_n} answers per request",
                            param="n")
 
     def check_stop(self, stop: list[str]) -> None:
         if len(stop) > self.max_stop:
-            raise APIError(422, f"stop has {len(stop)} strings; at most {self.max_stop} are allowed", param="stop")
+            raise APIError(400, f"stop has {len(stop)} strings; at most {self.max_stop} are allowed", param="stop")
         for s in stop:
             if not s:
-                raise APIError(422, "stop strings must not be empty", param="stop")
+                raise APIError(400, "stop strings must not be empty", param="stop")
             if len(s) > self.max_stop_chars:
-                raise APIError(422, f"a stop string is {len(s)} characters; at most {self.max_stop_chars} "
+                raise APIError(400, f"a stop string is {len(s)} characters; at most {self.max_stop_chars} "
                                "are allowed", param="stop")
 
     def check_texts(self, texts: list[str], what: str, max_items: int, param: str) -> None:
@@ -61,45 +61,3 @@ class ServeLimits:
                 "Shorten the conversation or lower max_tokens.",
                 param="messages" if room < 1 else "max_tokens", code="context_length_exceeded")
         return requested if requested is not None else min(self.default_max_tokens, room)
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes`, checked on the declared
-    Content-Length and again on the bytes actually received (chunked uploads declare none)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send) -> None:
-        body = APIError(413, f"the request body is larger than {self.max_bytes} bytes",
-                        code="request_too_large").json_bytes()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
