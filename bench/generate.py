@@ -7,7 +7,7 @@ mask, as its docs say to do). Before timing, the generated tokens are compared t
 in fp32 they must be equal; under bf16 autocast the two libraries round differently, so rows may
 part ways after a near-tie, and the benchmark reports how many tokens agree.
 
-  picochat:     `picochat.generate.generate`, temperature 0
+  picochat:     `picochat.core.generate.generate`, temperature 0
   transformers: `LlamaForCausalLM.generate(do_sample=False)`, its default dynamic KV cache
 
 Both run under the same precision (`torch.autocast` bf16, or fp32), timed alternately in this
@@ -30,16 +30,16 @@ from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, median
 from bench.report import emit_json, format_table
 from picochat.config import build_config
-from picochat.generate import SamplingConfig, generate
-from picochat.model import GPT, ModelConfig
-from picochat.train.precision import autocast, cpu_has_fast_bf16
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT, ModelConfig
+from picochat.core.precision import autocast, cpu_has_fast_bf16
 
 PAD_ID = 0
 
 
 def load_model(ckpt: str | None, micro: bool) -> GPT:
     if ckpt:
-        from picochat.checkpoint import load_model_dir
+        from picochat.core.checkpoint import load_model_dir
 
         return load_model_dir(ckpt, "cpu")[0].eval()
     torch.manual_seed(0)

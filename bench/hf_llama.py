@@ -1,6 +1,6 @@
 """The transformers twin of a picochat GPT: same config, same weights, checked to give the same logits.
 
-picochat's parameter names are HF Llama's (see picochat/model.py), so copying the weights is a
+picochat's parameter names are HF Llama's (see picochat/core/model.py), so copying the weights is a
 `load_state_dict` with nothing renamed; what needs care is the config mapping.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from picochat.model import GPT, ModelConfig
+from picochat.core.model import GPT, ModelConfig
 
 
 def llama_config(cfg: ModelConfig, **extra):

@@ -49,7 +49,7 @@ def free_port() -> int:
 
 def start_server(ckpt: str, batching: bool, threads: int, max_batch_rows: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "picochat.cli", "serve", "--ckpt", ckpt, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "picochat.cli.main", "serve", "--ckpt", ckpt, "--host", "127.0.0.1",
            "--port", str(port), "--no-label", "--log-level", "error", "--max-batch-rows", str(max_batch_rows)]
     if threads:
         cmd += ["--threads", str(threads)]  # else the server picks (cores - 1)

@@ -36,8 +36,8 @@ from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, matmul_peak_flops, median
 from bench.report import emit_json, format_table
 from picochat.config import TrainConfig, build_config
-from picochat.model import GPT, ModelConfig, lm_loss
-from picochat.train.precision import autocast, cpu_has_fast_bf16
+from picochat.core.model import GPT, ModelConfig, lm_loss
+from picochat.core.precision import autocast, cpu_has_fast_bf16
 from picochat.train.trainer import build_optimizer
 
 FRAMEWORKS = ("picochat", "transformers")

@@ -1,6 +1,6 @@
 """PPO on CartPole-v1, with the very functions picochat uses to train a language model.
 
-If the PPO math in ``picochat.train.ppo_math`` is right, it must solve a classic control task
+If the PPO math in ``picochat.algos.ppo`` is right, it must solve a classic control task
 too: this script is cleanRL's ``ppo.py`` (same network, same hyperparameters) with its GAE loop
 and losses replaced by imports. It reaches the maximum return of 500 in a few hundred thousand
 steps, in about a minute on one CPU core. Read it top to bottom.
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
-from picochat.train.ppo_math import explained_variance, gae, masked_mean, masked_whiten, policy_loss, value_loss
+from picochat.algos.ppo import explained_variance, gae, masked_mean, masked_whiten, policy_loss, value_loss
 
 
 @dataclass

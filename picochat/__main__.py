@@ -2,6 +2,6 @@
 
 import sys
 
-from picochat.cli import main
+from picochat.cli.main import main
 
 sys.exit(main())

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from picochat.feedback.autolabel import LabelConfig
-from picochat.model import ModelConfig
+from picochat.core.model import ModelConfig
 from picochat.world import ChatTasksConfig, WorldConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
-# Every stage a run can have, in pipeline order (picochat.pipeline.STAGES describes them).
+# Every stage a run can have, in pipeline order (picochat.run.pipeline.STAGES describes them).
 STAGE_NAMES = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo")
 
 
@@ -551,6 +551,6 @@ def config_from_dict(d: dict) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    from picochat.io import atomic_write_text
+    from picochat.core.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

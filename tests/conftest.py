@@ -19,7 +19,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from picochat.data.shards import build_shards, load_shards
-from picochat.cli import main
+from picochat.cli.main import main
 from picochat.world import WorldConfig, write_world
 
 SMALL_WORLD = WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.25)
@@ -61,7 +61,7 @@ def world_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def world_tokenizer(world_dir):
     from picochat.data.readers import iter_corpus
-    from picochat.tokenizer import train_tokenizer
+    from picochat.core.tokenizer import train_tokenizer
 
     return train_tokenizer(iter_corpus([world_dir / "corpus.jsonl"]), vocab_size=512, show_progress=False)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from picochat import distributed
+from picochat.core import distributed
 from picochat.config import TrainConfig
 from picochat.data.shards import load_shards
-from picochat.model import GPT, ModelConfig, lm_loss
+from picochat.core.model import GPT, ModelConfig, lm_loss
 from picochat.train.pretrain import make_evaluator, random_windows
 from picochat.train.trainer import Trainer
 
@@ -115,7 +115,7 @@ def ppo_scenario(out: Path, run_dir: Path) -> None:
 
 
 def cli_scenarios(spec: dict) -> None:
-    from picochat.cli import main
+    from picochat.cli.main import main
 
     _save(Path(spec["out"]), "pipeline", rc=main(spec["pipeline_argv"]))
     _save(Path(spec["out"]), "rm_dpo", rc=main(spec["rm_dpo_argv"]))

@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from picochat.chat import render_chat, render_prompt
-from picochat.model import GPT, ModelConfig, lm_loss
+from picochat.core.chat import render_chat, render_prompt
+from picochat.core.model import GPT, ModelConfig, lm_loss
 
 # Greedy decoding of the memorizer reproduces these answers exactly.
 ANSWERS = {

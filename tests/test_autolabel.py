@@ -13,7 +13,7 @@ from picochat.data.preferences import prompt_key, read_preferences
 from picochat.feedback.autolabel import (
     LabelConfig, gold_ranking, label_prompts, noisy_ranking, pair_agreement, world_label_prompts,
 )
-from picochat.model import GPT, ModelConfig
+from picochat.core.model import GPT, ModelConfig
 from picochat.world import ChatTasksConfig, GoldScorer, WorldConfig, read_world, write_chat_tasks, write_world
 
 
@@ -71,7 +71,7 @@ def test_pair_agreement():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from picochat.data.readers import iter_corpus
-    from picochat.tokenizer import train_tokenizer
+    from picochat.core.tokenizer import train_tokenizer
 
     world_dir = tmp_path_factory.mktemp("label_world")
     write_world(world_dir, WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.05))

@@ -1,4 +1,4 @@
-"""The PPO math of picochat.train.ppo_math learns CartPole (examples/cartpole_ppo.py).
+"""The PPO math of picochat.algos.ppo learns CartPole (examples/cartpole_ppo.py).
 
 A random policy scores about 22. Measured with 40,960 steps (80 rollouts of 4 x 128), one CPU
 thread: mean return of the last 20 training episodes 198, 198, 187, 183, 219 for seeds 1-5,

@@ -5,7 +5,7 @@ import json
 import jinja2.sandbox
 import pytest
 
-from picochat.chat import (
+from picochat.core.chat import (
     CHAT_TEMPLATE,
     ChatFormatError,
     parse_response,
@@ -15,7 +15,7 @@ from picochat.chat import (
     validate_messages,
     write_tokenizer_config,
 )
-from picochat.tokenizer import train_tokenizer
+from picochat.core.tokenizer import train_tokenizer
 
 LINES = [
     "Hello, how are you today? I am fine, thank you.",

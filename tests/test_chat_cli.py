@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import picochat.chat_cli as chat_cli
-from picochat.chat import render_prompt
-from picochat.chat_cli import _Streamer, add_chat_arguments, cmd_chat, fit_history
-from picochat.checkpoint import write_model_dir
-from picochat.model import GPT, ModelConfig
-from picochat.tokenizer import train_tokenizer
+import picochat.cli.chat as chat_cli
+from picochat.core.chat import render_prompt
+from picochat.cli.chat import _Streamer, add_chat_arguments, cmd_chat, fit_history
+from picochat.core.checkpoint import write_model_dir
+from picochat.core.model import GPT, ModelConfig
+from picochat.core.tokenizer import train_tokenizer
 
 LINES = ["hello there, how are you? again and again.", "你好，今天天气很好。我们去公园吧。"] * 50
 

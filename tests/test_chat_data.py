@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from picochat.chat import ChatFormatError
+from picochat.core.chat import ChatFormatError
 from picochat.data.chat_data import iter_conversations
 from picochat.data.readers import CorpusError
 

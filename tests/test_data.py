@@ -10,7 +10,7 @@ import pytest
 
 from picochat.data.readers import CorpusError, find_corpus_files, iter_corpus, iter_documents
 from picochat.data.shards import build_shards, is_val_document, load_shards
-from picochat.tokenizer import train_tokenizer
+from picochat.core.tokenizer import train_tokenizer
 
 WORDS = "the a cat dog sat ran park sun rain big small happy 我们 今天 公园 天气 很好 你好".split()
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from picochat.cli import main
-from picochat.io import MetricsLog
-from picochat.train.ppo_math import masked_whiten
+from picochat.cli.main import main
+from picochat.core.io import MetricsLog
+from picochat.algos.ppo import masked_whiten
 
 from conftest import TINY
 from distributed_worker import make_trainer, train_config

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from picochat.chat import render_chat
-from picochat.checkpoint import write_model_dir
+from picochat.core.chat import render_chat
+from picochat.core.checkpoint import write_model_dir
 from picochat.config import ConfigError, TrainConfig
 from picochat.data.preferences import PreferenceRecord, append_record
 from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
-from picochat.model import GPT, ModelConfig
+from picochat.core.model import GPT, ModelConfig
 from picochat.train.dpo import (
     DPOConfig, dpo_batch, dpo_batch_loss, dpo_loss, encode_preferences, encode_response, pair_metrics,
     row_logprobs, run_dpo,

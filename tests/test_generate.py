@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from picochat.generate import SamplingConfig, generate, sample_logits
-from picochat.model import GPT, ModelConfig
+from picochat.core.generate import SamplingConfig, generate, sample_logits
+from picochat.core.model import GPT, ModelConfig
 
 PROMPTS = [[5, 9, 3, 17, 2, 40, 8], [11, 4], [33, 1, 60, 12]]
 
@@ -100,7 +100,7 @@ def test_stop_ids_finish_rows_and_on_token_streams():
 def test_finished_rows_are_dropped_without_changing_the_other_rows(monkeypatch):
     from collections import Counter
 
-    from picochat.model import KVCache
+    from picochat.core.model import KVCache
 
     model = tiny_model()
     prompts = [[(3 * i) % 60 + 1] * (1 + i % 5) + [i + 3] for i in range(12)]  # left-padded, lengths 2..6

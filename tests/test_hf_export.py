@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from picochat.chat import render_prompt
-from picochat.checkpoint import load_model_dir, write_model_dir
-from picochat.cli import main
-from picochat.generate import SamplingConfig, generate
+from picochat.core.chat import render_prompt
+from picochat.core.checkpoint import load_model_dir, write_model_dir
+from picochat.cli.main import main
+from picochat.core.generate import SamplingConfig, generate
 from picochat.hf.export import export_model
-from picochat.model import GPT, ModelConfig
-from picochat.reward import RewardModel, reward_input_ids
-from picochat.tokenizer import Tokenizer
+from picochat.core.model import GPT, ModelConfig
+from picochat.reward_model import RewardModel, reward_input_ids
+from picochat.core.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from picochat.checkpoint import load_model_dir
-from picochat.cli import main
+from picochat.core.checkpoint import load_model_dir
+from picochat.cli.main import main
 from picochat.hf.export import export_model
 from picochat.hf.importer import check_chat_encoding, init_new_rows
 from picochat.hf.llama_config import UnsupportedModelError, model_config_from_llama
-from picochat.tokenizer import Tokenizer
+from picochat.core.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from picochat.model import GPT, KVCache, ModelConfig, lm_loss
+from picochat.core.model import GPT, KVCache, ModelConfig, lm_loss
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from picochat.chat import render_prompt
+from picochat.core.chat import render_prompt
 from picochat.config import build_config, parse_overrides
 from picochat.train.ppo import PPOTrainer
-from picochat.train.rollout import layout, response_logprobs
+from picochat.core.rollout import layout, response_logprobs
 
 from conftest import TINY
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from picochat.train.ppo_math import (
+from picochat.algos.ppo import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,

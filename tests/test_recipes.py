@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from picochat.cli import main
+from picochat.cli.main import main
 from picochat.config import ConfigError, available_presets, build_config, save_config
 from picochat.data.readers import CorpusError
 from picochat.data.sources import parse_hf_spec, resolve_source
-from picochat.pipeline import check_run, run_stages, upstream_of
+from picochat.run.pipeline import check_run, run_stages, upstream_of
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RECIPES = {"sentiment": ["tokenizer", "pretrain", "rm", "ppo"], "hh": ["tokenizer", "pretrain", "sft", "rm", "ppo"],
@@ -181,7 +181,7 @@ def test_chinese_recipe_micro_tokenizer_pretrain_and_sft(tmp_path):
                  "pretrain.sources=[reviews.jsonl]", "sft.sources=[alpaca_zh.jsonl]", *MICRO, "tokenizer.vocab_size=1200",
                  "sft.seq_len=96", "sft.train.max_steps=4", "sft.train.batch_size=4", "sft.train.eval_every=2",
                  "sft.train.eval_batches=2", "sft.train.log_every=2", "sft.val_fraction=0.2"]) == 0
-    from picochat.tokenizer import Tokenizer
+    from picochat.core.tokenizer import Tokenizer
 
     tok = Tokenizer.load(out / "tokenizer" / "tokenizer.json")
     for ch in "的好吃送":
@@ -202,7 +202,7 @@ def test_chinese_recipe_micro_tokenizer_pretrain_and_sft(tmp_path):
 
 def test_ppo_prompts_from_files_in_every_shape(tmp_path, world_tokenizer):
     from picochat.config import PPOConfig
-    from picochat.train.ppo_prompts import load_ppo_prompts, split_held_out
+    from picochat.data.ppo_prompts import load_ppo_prompts, split_held_out
 
     chat = tmp_path / "prompts.jsonl"
     lines = [

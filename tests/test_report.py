@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from picochat.cli import main
+from picochat.cli.main import main
 
 from conftest import TINY, kill_at_checkpoint
 
@@ -88,7 +88,7 @@ def test_report_figures_are_the_run_files_figures(run_dir, tmp_path, capsys):
     assert cells[3] == f"{statistics.fmean(r['gold'] for r in sft):.3f}"
     assert cells[4] == f"{statistics.median(r['gold'] for r in sft):.3f}"
     # ... and those are the gold scorer's and the reward model's judgments of the stored answers.
-    from picochat.reward import RewardModel
+    from picochat.reward_model import RewardModel
     from picochat.world import GoldScorer, read_world
 
     gold = GoldScorer(read_world(run / "world" / "world.json")[0])
@@ -136,8 +136,8 @@ def test_report_reads_na_for_what_a_run_does_not_have(run_dir, tmp_path, monkeyp
 
 def test_plan_estimates_only_the_stages_that_will_run(run_dir, tmp_path, capsys):
     from picochat.config import build_config, parse_overrides
-    from picochat.estimate import Speeds, stage_work
-    from picochat.pipeline import print_plan
+    from picochat.run.estimate import Speeds, stage_work
+    from picochat.run.pipeline import print_plan
 
     run = _copy_run(run_dir, tmp_path / "run")
     cfg = build_config("tiny", overrides=parse_overrides(TINY))  # the config the fixture ran
@@ -200,10 +200,10 @@ def test_pipeline_killed_in_ppo_resumes_to_the_uninterrupted_result(run_dir, tmp
 def test_held_out_prompts_too_long_for_the_models_are_left_out_not_fatal(run_dir):
     # A report.max_new_tokens that leaves room only for the shortest prompts: the comparison takes
     # the prompts that fit (instead of raising for the whole batch, as long HH dialogues once did).
-    from picochat.chat import render_prompt
+    from picochat.core.chat import render_prompt
     from picochat.config import build_config
     from picochat.report.compare import answer_room, held_out_prompts
-    from picochat.tokenizer import Tokenizer
+    from picochat.core.tokenizer import Tokenizer
 
     tok = Tokenizer.load(run_dir / "sft" / "tokenizer.json")
     everything, _ = held_out_prompts(run_dir, 10_000)

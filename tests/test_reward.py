@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from picochat.data.preferences import PreferenceRecord
-from picochat.model import GPT, ModelConfig
-from picochat.reward import pad_right, reward_input_ids, scores_at
+from picochat.core.model import GPT, ModelConfig
+from picochat.reward_model import pad_right, reward_input_ids, scores_at
 from picochat.train.reward import (EncodedRecord, best_of_n_gold, collate, fit_normalization, pair_metrics,
                                    reward_loss)
-from picochat.train.reward_loss import best_of_k_loss, pairwise_loss, scalar_loss
+from picochat.algos.reward_losses import best_of_k_loss, pairwise_loss, scalar_loss
 
 
 def test_pairwise_loss_matches_hand_computed_values():

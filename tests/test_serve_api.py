@@ -17,9 +17,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from picochat.chat_cli import cmd_chat  # noqa: E402
-from picochat.model import GPT, ModelConfig  # noqa: E402
-from picochat.reward import RewardModel  # noqa: E402
+from picochat.cli.chat import cmd_chat  # noqa: E402
+from picochat.core.model import GPT, ModelConfig  # noqa: E402
+from picochat.reward_model import RewardModel  # noqa: E402
 from picochat.serve.api import Service, create_app  # noqa: E402
 from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.limits import ServeLimits  # noqa: E402

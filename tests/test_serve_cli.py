@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from picochat.serve_cli import add_serve_arguments, cmd_serve
+from picochat.cli.serve import add_serve_arguments, cmd_serve
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def test_a_port_out_of_range_is_a_clear_error(port, capsys):
 
 
 def test_api_key_from_the_environment_is_preferred_and_documented(monkeypatch, capsys):
-    from picochat.serve_cli import resolve_api_key
+    from picochat.cli.serve import resolve_api_key
 
     help_text = " ".join(parser().format_help().split())
     assert "PICOCHAT_API_KEY" in help_text and "ps" in help_text

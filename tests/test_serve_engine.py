@@ -1,7 +1,7 @@
 """The batching engine and the text streaming it relies on, without HTTP.
 
 The engine is driven step by step (`engine.step()`), so the tests decide exactly when requests
-arrive, and compare against `picochat.generate.generate`, the reference sampler."""
+arrive, and compare against `picochat.core.generate.generate`, the reference sampler."""
 
 import math
 import queue
@@ -9,12 +9,12 @@ import queue
 import pytest
 import torch
 
-from picochat.generate import SamplingConfig, generate
-from picochat.model import GPT, ModelConfig
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT, ModelConfig
 from picochat.serve.engine import (
     BatchEngine, Delta, Finished, GenerationRequest, QueueFull, SamplingParams,
 )
-from picochat.text_stream import IncrementalDecoder, StopStringFilter
+from picochat.core.text_stream import IncrementalDecoder, StopStringFilter
 from serve_support import ANSWERS, memorizer, prompt_ids
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from picochat.cli import main
+from picochat.cli.main import main
 
 from conftest import TINY
 
@@ -124,9 +124,9 @@ def test_orphan_checkpoint_temp_dir_is_cleaned_up(tmp_path):
     """A kill during a checkpoint write leaves `.checkpoint.XXXX/`; the next write removes it."""
     import torch
 
-    from picochat.checkpoint import save_checkpoint
-    from picochat.model import GPT, ModelConfig
-    from picochat.tokenizer import train_tokenizer
+    from picochat.core.checkpoint import save_checkpoint
+    from picochat.core.model import GPT, ModelConfig
+    from picochat.core.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["hello world"] * 20, vocab_size=300, show_progress=False)
     tok.save(tmp_path / "tok")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from picochat.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from picochat.core.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
 EN_WORDS = ("the cat sat on a mat and the dog ran to the park while it was raining "
             "hello world assistant user answer question because therefore").split()

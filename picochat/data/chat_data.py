@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from picochat.chat import ChatFormatError, validate_messages
+from picochat.core.chat import ChatFormatError, validate_messages
 from picochat.data.readers import CorpusError, files_in_directory, iter_json_lines
 
 CHAT_SUFFIXES = (".jsonl", ".jsonl.gz")

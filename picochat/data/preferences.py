@@ -57,7 +57,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from picochat.chat import ChatFormatError, validate_messages
+from picochat.core.chat import ChatFormatError, validate_messages
 from picochat.data.chat_data import _from_sharegpt
 from picochat.data.readers import CorpusError, _open_binary, files_in_directory
 

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from picochat.data.readers import find_corpus_files, iter_corpus
-from picochat.tokenizer import Tokenizer
+from picochat.core.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

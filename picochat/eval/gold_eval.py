@@ -14,11 +14,11 @@ from collections import defaultdict
 import torch
 from tqdm.auto import tqdm
 
-from picochat.chat import render_prompt
-from picochat.generate import SamplingConfig, generate
-from picochat.model import GPT
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast
+from picochat.core.chat import render_prompt
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast
 
 
 def answer_prompts(

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from picochat.generate import SamplingConfig, generate
-from picochat.prompt import Prompt, encode_prompt, end_token_id
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.prompt import Prompt, encode_prompt, end_token_id
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast
 
 
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import statistics
 
 from picochat.eval.gold_eval import paired_difference
-from picochat.prompt import Prompt, reward_input
-from picochat.reward import RewardModel
-from picochat.tokenizer import Tokenizer
-from picochat.train.rollout import sample_rollout
+from picochat.core.prompt import Prompt, reward_input
+from picochat.reward_model import RewardModel
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.rollout import sample_rollout
 
 
 def reward_stats(scores: list[float]) -> dict:

@@ -30,12 +30,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from picochat.chat import render_prompt
+from picochat.core.chat import render_prompt
 from picochat.data.preferences import (
     PreferenceRecord, append_record, prompt_key, read_preferences, repair_torn_tail,
 )
 from picochat.eval.gold_eval import answer_prompts
-from picochat.generate import SamplingConfig
+from picochat.core.generate import SamplingConfig
 from picochat.world.tasks import read_chat_examples
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from picochat.chat import TOKENIZER_CONFIG_FILE, write_tokenizer_config
-from picochat.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_model_dir
+from picochat.core.chat import TOKENIZER_CONFIG_FILE, write_tokenizer_config
+from picochat.core.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_model_dir
 from picochat.hf.llama_config import llama_config_dict
 from picochat.hf.model_card import model_card
-from picochat.io import atomic_write, atomic_write_json, atomic_write_text
-from picochat.model import GPT, ModelConfig
-from picochat.tokenizer import EOT, IM_END, Tokenizer
+from picochat.core.io import atomic_write, atomic_write_json, atomic_write_text
+from picochat.core.model import GPT, ModelConfig
+from picochat.core.tokenizer import EOT, IM_END, Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GENERATION_CONFIG_FILE = "generation_config.json"

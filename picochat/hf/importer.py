@@ -34,11 +34,11 @@ from safetensors import safe_open
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
-from picochat.chat import render_chat, render_text, write_tokenizer_config
-from picochat.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, write_model_dir
+from picochat.core.chat import render_chat, render_text, write_tokenizer_config
+from picochat.core.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, write_model_dir
 from picochat.hf.llama_config import UnsupportedModelError, model_config_from_llama
-from picochat.model import GPT, ModelConfig
-from picochat.tokenizer import REQUIRED_TOKENS, Tokenizer
+from picochat.core.model import GPT, ModelConfig
+from picochat.core.tokenizer import REQUIRED_TOKENS, Tokenizer
 
 HF_PREFIX = "hf:"
 INDEX_FILE = "model.safetensors.index.json"

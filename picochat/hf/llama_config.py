@@ -19,7 +19,7 @@ model types, quantised weights) would silently compute something else, so the im
 
 from __future__ import annotations
 
-from picochat.model import ModelConfig
+from picochat.core.model import ModelConfig
 
 CAUSAL_LM = "LlamaForCausalLM"
 SEQUENCE_CLASSIFICATION = "LlamaForSequenceClassification"

@@ -3,7 +3,7 @@ figures from the stage's `summary.json`, and how to use it with `transformers`."
 
 from __future__ import annotations
 
-from picochat.model import ModelConfig
+from picochat.core.model import ModelConfig
 
 KIND_TAGS = {
     "chat": ("text-generation", ["picochat", "llama", "chat"]),

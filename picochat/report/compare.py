@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from picochat.config import RunConfig
-from picochat.io import atomic_write_json
+from picochat.core.io import atomic_write_json
 
 MODELS = ("pretrain", "sft", "ppo", "dpo")  # stage directories, in pipeline order
 MODEL_NAMES = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO", "dpo": "DPO"}
@@ -72,9 +72,9 @@ def answer_room(cfg: RunConfig, out: Path):
     """A `fits(messages)` test for held-out prompts: True when every finished model of the run can
     answer the prompt with report.max_new_tokens of room (long public prompts, e.g. HH-RLHF
     dialogues, would otherwise leave the whole batch no room). None when no model is finished."""
-    from picochat.chat import render_prompt
-    from picochat.checkpoint import read_model_config
-    from picochat.tokenizer import Tokenizer
+    from picochat.core.chat import render_prompt
+    from picochat.core.checkpoint import read_model_config
+    from picochat.core.tokenizer import Tokenizer
 
     limits = []
     for m in MODELS:
@@ -139,7 +139,7 @@ def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], m
                       show_progress: bool) -> dict:
     import torch
 
-    from picochat.train.precision import default_device, resolve_precision
+    from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
     precision = resolve_precision("auto", device)
@@ -153,12 +153,12 @@ def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], m
 
 
 def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress) -> dict:
-    from picochat.checkpoint import load_model_dir
-    from picochat.chat import render_prompt
+    from picochat.core.checkpoint import load_model_dir
+    from picochat.core.chat import render_prompt
     from picochat.eval.gold_eval import answer_prompts
-    from picochat.generate import SamplingConfig
-    from picochat.reward import RewardModel
-    from picochat.tokenizer import Tokenizer
+    from picochat.core.generate import SamplingConfig
+    from picochat.reward_model import RewardModel
+    from picochat.core.tokenizer import Tokenizer
 
     reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
     gold = None

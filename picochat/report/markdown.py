@@ -67,7 +67,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _final_metrics(stage: str, summary: dict) -> str:
-    from picochat.pipeline import STAGES
+    from picochat.run.pipeline import STAGES
 
     try:
         return STAGES[stage].summary_line(summary)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from picochat.config import RunConfig
-from picochat.io import atomic_write_json, atomic_write_text
+from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.report.collect import STAGE_ORDER, read_run
 from picochat.report.compare import MODELS, compare_models, score_stats
 from picochat.report.markdown import render_report

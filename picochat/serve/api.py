@@ -28,7 +28,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from picochat.chat import ChatFormatError, render_prompt, validate_messages
+from picochat.core.chat import ChatFormatError, render_prompt, validate_messages
 from picochat.serve.body_limit import BodySizeLimit
 from picochat.serve.bridge import Submission, collect_or_cancel, sse, stream_response
 from picochat.serve.engine import BatchEngine, Delta, SamplingParams
@@ -37,7 +37,7 @@ from picochat.serve.hosts import HostGuard, HostPolicy
 from picochat.serve.limits import ServeLimits
 from picochat.serve.pages import message_page, page_response
 from picochat.serve.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, ScoreRequest
-from picochat.tokenizer import Tokenizer
+from picochat.core.tokenizer import Tokenizer
 
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 
@@ -52,7 +52,7 @@ class Service:
     limits: ServeLimits = field(default_factory=ServeLimits)
     api_key: str | None = None
     hosts: HostPolicy = field(default_factory=HostPolicy)  # loopback names only; see hosts.host_policy
-    reward_model: object | None = None  # picochat.reward.RewardModel
+    reward_model: object | None = None  # picochat.reward_model.RewardModel
     reward_name: str | None = None
     labeling: object | None = None  # picochat.serve.labeling.LabelStore
     created: int = field(default_factory=lambda: int(time.time()))

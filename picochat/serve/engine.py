@@ -12,7 +12,7 @@ row count). Continuous batching (Orca, vLLM) removes both problems:
 
 A request joins at the next step instead of waiting for the batch to drain, and leaves as soon
 as it is done. The per-row KV caches live in one `SlotCache`; sampling reuses
-`picochat.generate.sample_logits`; text streaming reuses `picochat.text_stream`.
+`picochat.core.generate.sample_logits`; text streaming reuses `picochat.core.text_stream`.
 
 Requests talk to the engine through a thread-safe `sink(event)` callback: `Delta` (new text for
 one answer), `Finished` (why an answer ended, its token count) and `Failed` (the engine could
@@ -31,12 +31,12 @@ from typing import Callable
 
 import torch
 
-from picochat.generate import sample_logits
-from picochat.model import GPT, KVCache
+from picochat.core.generate import sample_logits
+from picochat.core.model import GPT, KVCache
 from picochat.serve.slot_cache import SlotCache
-from picochat.text_stream import IncrementalDecoder, StopStringFilter
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast
+from picochat.core.text_stream import IncrementalDecoder, StopStringFilter
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast
 
 log = logging.getLogger("picochat.serve")
 

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from picochat.chat import ChatFormatError, render_prompt
+from picochat.core.chat import ChatFormatError, render_prompt
 from picochat.data.preferences import PreferenceError
 from picochat.serve.api import Service, chat_messages
 from picochat.serve.bridge import Submission

@@ -1,6 +1,6 @@
 """A KV cache for continuous batching: rows join and leave a running batch at any step.
 
-`picochat.model.KVCache` keeps one buffer (n_layers, 2, B, n_kv_heads, max_len, head_dim) and
+`picochat.core.model.KVCache` keeps one buffer (n_layers, 2, B, n_kv_heads, max_len, head_dim) and
 writes the new keys of *all* rows into the same slots [length, length + T). Continuous batching
 keeps exactly that: every decode step writes one token per row into the slot `frontier`, so the
 unchanged model code (`GPT.forward` with a `KVCache`) runs it. What is new is that rows no longer
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from picochat.model import KVCache, ModelConfig
+from picochat.core.model import KVCache, ModelConfig
 
 
 class SlotCache:

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from picochat import distributed
-from picochat.chat import render_chat
-from picochat.checkpoint import load_model_dir, write_model_dir
+from picochat.core import distributed
+from picochat.core.chat import render_chat
+from picochat.core.checkpoint import load_model_dir, write_model_dir
 from picochat.config import DPOConfig, RunConfig, model_location  # noqa: F401  (DPOConfig re-exported for callers)
 from picochat.data.preferences import PreferenceRecord, prompt_key
-from picochat.distributed import rank_share
+from picochat.core.distributed import rank_share
 from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
-from picochat.io import atomic_write_text
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast, default_device, resolve_precision
+from picochat.core.io import atomic_write_text
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.train.trainer import Trainer
 from picochat.train.reward import load_preference_splits
 
@@ -309,7 +309,7 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     write_model_dir(stage_dir, model, tokenizer_file, {
         "stage": "dpo", "step": result.step, "init": str(init_dir), "loss": dcfg.loss, "beta": dcfg.beta,
     })
-    from picochat.chat import write_tokenizer_config
+    from picochat.core.chat import write_tokenizer_config
 
     write_tokenizer_config(stage_dir)
 
@@ -342,7 +342,7 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
                           stage_dir) -> dict:
     """Gold scores on held-out world prompts (built-in world only, as SFT measures them), for the
     DPO model and its reference on the same prompts and seeds, and the KL from the reference."""
-    from picochat.chat import render_prompt
+    from picochat.core.chat import render_prompt
 
     dcfg = cfg.dpo
     summary: dict = {}

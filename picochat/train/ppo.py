@@ -26,15 +26,15 @@ import torch
 from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
-from picochat import distributed
-from picochat.chat import write_tokenizer_config
-from picochat.checkpoint import load_model_dir, write_model_dir
+from picochat.core import distributed
+from picochat.core.chat import write_tokenizer_config
+from picochat.core.checkpoint import load_model_dir, write_model_dir
 from picochat.config import PPOConfig, RunConfig, model_location, stage_reference
-from picochat.io import MetricsLog, atomic_write_text, make_temp_dir, resolve_swapped_directory, swap_in_directory
-from picochat.prompt import reward_input
-from picochat.reward import RewardModel
-from picochat.tokenizer import EOT, Tokenizer
-from picochat.train.ppo_math import (
+from picochat.core.io import MetricsLog, atomic_write_text, make_temp_dir, resolve_swapped_directory, swap_in_directory
+from picochat.core.prompt import reward_input
+from picochat.reward_model import RewardModel
+from picochat.core.tokenizer import EOT, Tokenizer
+from picochat.algos.ppo import (
     AdaptiveKLController,
     FixedKLController,
     entropy_from_logits,
@@ -47,10 +47,10 @@ from picochat.train.ppo_math import (
     value_loss,
     whiten_with,
 )
-from picochat.train.ppo_prompts import load_ppo_prompts
-from picochat.train.precision import autocast, default_device, resolve_precision
-from picochat.train.rollout import Rollout, response_logits, response_logprobs, sample_rollout
-from picochat.train import parallel
+from picochat.data.ppo_prompts import load_ppo_prompts
+from picochat.core.precision import autocast, default_device, resolve_precision
+from picochat.core.rollout import Rollout, response_logits, response_logprobs, sample_rollout
+from picochat.core import parallel
 from picochat.train.trainer import GracefulInterrupt, build_optimizer
 
 
@@ -192,7 +192,7 @@ class PPOTrainer:
         return logprobs, ref_logprobs, values
 
     def _ptx_loss(self, step_seed: list[int]) -> torch.Tensor:
-        from picochat.model import lm_loss
+        from picochat.core.model import lm_loss
         from picochat.train.pretrain import random_windows
 
         seq = min(self.cfg.pretrain.seq_len, self.policy.cfg.max_seq_len)
@@ -393,7 +393,7 @@ def run_ppo(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
 def _throughput(trainer: "PPOTrainer", history: list[dict]) -> dict:
     """Tokens the policy and value updates trained on, per second of iteration time (sampling
     included), and the MFU of those updates: the rollout and scoring passes are not counted."""
-    from picochat.train.precision import measured_matmul_peak_flops
+    from picochat.core.precision import measured_matmul_peak_flops
 
     tokens = sum(r.get("train_tokens", 0.0) for r in history)
     wall = sum(r["seconds"] for r in history)

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from picochat import distributed
-from picochat.checkpoint import write_model_dir
+from picochat.core import distributed
+from picochat.core.checkpoint import write_model_dir
 from picochat.config import PretrainConfig, RunConfig, SampleConfig
 from picochat.data.shards import ShardMeta, build_shards, load_shards
-from picochat.distributed import rank_share
+from picochat.core.distributed import rank_share
 from picochat.data.sources import resolve_sources
-from picochat.generate import SamplingConfig, generate
-from picochat.io import atomic_write_text
-from picochat.model import GPT, ModelConfig, lm_loss
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast, default_device
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.io import atomic_write_text
+from picochat.core.model import GPT, ModelConfig, lm_loss
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast, default_device
 from picochat.train.trainer import Trainer
 
 

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from picochat import distributed
-from picochat.checkpoint import load_model_dir, write_model_dir
+from picochat.core import distributed
+from picochat.core.checkpoint import load_model_dir, write_model_dir
 from picochat.config import RunConfig, model_location
 from picochat.data.preferences import PreferenceRecord, prompt_key, read_preferences
 from picochat.data.shards import is_val_document
-from picochat.distributed import rank_share
+from picochat.core.distributed import rank_share
 from picochat.data.sources import resolve_sources
-from picochat.reward import pad_right, reward_input_ids, scores_at
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast, default_device
-from picochat.train.reward_loss import best_of_k_loss, pairwise_loss, scalar_loss
+from picochat.reward_model import pad_right, reward_input_ids, scores_at
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast, default_device
+from picochat.algos.reward_losses import best_of_k_loss, pairwise_loss, scalar_loss
 from picochat.train.trainer import Trainer
 
 

@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from picochat.chat import render_chat
-from picochat import distributed
-from picochat.checkpoint import load_model_dir, write_model_dir
+from picochat.core.chat import render_chat
+from picochat.core import distributed
+from picochat.core.checkpoint import load_model_dir, write_model_dir
 from picochat.config import RunConfig, model_location
 from picochat.data.shards import is_val_document
-from picochat.distributed import rank_share
+from picochat.core.distributed import rank_share
 from picochat.data.sources import resolve_sources
 from picochat.eval.gold_eval import evaluate_gold, gold_summary
-from picochat.io import atomic_write_text
-from picochat.model import lm_loss
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import default_device
+from picochat.core.io import atomic_write_text
+from picochat.core.model import lm_loss
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import default_device
 from picochat.train.trainer import Trainer
 
 IGNORE = -100
@@ -173,7 +173,7 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     if model is None:  # under torchrun, rank 0 alone writes the model and evaluates it
         return {}
     write_model_dir(stage_dir, model, tokenizer_file, {"stage": "sft", "step": result.step, "init": str(init_dir)})
-    from picochat.chat import write_tokenizer_config
+    from picochat.core.chat import write_tokenizer_config
 
     write_tokenizer_config(stage_dir)
 
@@ -202,7 +202,7 @@ def _held_out_answers(scfg, model, tokenizer, val_convs: list[list[dict]], preci
     """Greedy answers of the SFT model to the first held-out conversations (everything before their
     last assistant turn), next to the reference answer, in samples.md and the summary."""
     from picochat.eval.gold_eval import answer_prompts
-    from picochat.generate import SamplingConfig
+    from picochat.core.generate import SamplingConfig
 
     examples = []
     for conv in val_convs:

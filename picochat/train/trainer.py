@@ -5,7 +5,7 @@ the step, which is what makes resume exact), `loss_fn(model, batch) -> scalar lo
 `evaluate(model) -> dict of metrics`. The trainer owns everything else: optimizer, schedule,
 gradient accumulation, clipping, mixed precision, logging, checkpoints, Ctrl-C and resume.
 
-Under torchrun the same loop runs in every process (`picochat.distributed`): the model is wrapped
+Under torchrun the same loop runs in every process (`picochat.core.distributed`): the model is wrapped
 in DDP or sharded with FSDP2 (`train.parallel`), each process computes the loss on its share of
 the global batch (the stage's `get_batch` draws it), gradients are reduced once per optimizer step
 (micro-steps before the last skip the reduction), and rank 0 alone logs and writes checkpoints.
@@ -28,15 +28,15 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from picochat import distributed
-from picochat.checkpoint import load_checkpoint_state, save_checkpoint
+from picochat.core import distributed
+from picochat.core.checkpoint import load_checkpoint_state, save_checkpoint
 from picochat.config import TrainConfig
-from picochat.io import MetricsLog
-from picochat.model import GPT
-from picochat.train import parallel
+from picochat.core.io import MetricsLog
+from picochat.core.model import GPT
+from picochat.core import parallel
 from picochat.train.contention import StepTimeWatch
-from picochat.train.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
-from picochat.train.schedule import lr_at
+from picochat.core.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
+from picochat.algos.schedule import lr_at
 
 Batch = dict[str, torch.Tensor]
 

@@ -101,12 +101,12 @@ def default_label_out(ckpt: str | Path) -> Path:
 def build_service(args, api_key: str | None, hosts):
     """Load the model(s) and assemble the Service the app serves (engine not yet started);
     `hosts` is the HostPolicy (hosts.host_policy)."""
-    from picochat.checkpoint import load_model_dir
+    from picochat.core.checkpoint import load_model_dir
     from picochat.serve.api import Service
     from picochat.serve.engine import BatchEngine
     from picochat.serve.limits import ServeLimits
-    from picochat.tokenizer import Tokenizer
-    from picochat.train.precision import default_device, resolve_precision
+    from picochat.core.tokenizer import Tokenizer
+    from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
     model, meta = load_model_dir(args.ckpt, device)
@@ -126,7 +126,7 @@ def build_service(args, api_key: str | None, hosts):
     service = Service(engine=engine, tokenizer=tokenizer, model_name=name, limits=limits, api_key=api_key,
                       hosts=hosts)
     if args.rm:
-        from picochat.reward import RewardModel
+        from picochat.reward_model import RewardModel
 
         service.reward_model = RewardModel.load(args.rm, device)
         service.reward_name = f"picochat-{Path(args.rm).resolve().name}"  # e.g. picochat-rm

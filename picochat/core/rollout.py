@@ -5,7 +5,7 @@ right-padded to width R, so response token j of every row sits in column P + j a
 that predict it are in column P + j − 1. The response includes `<|im_end|>` when the model ended
 its answer (the policy must learn to stop) and is truncated there; a response that never ended
 is marked unfinished so the reward can penalise it. A plain-text prompt (a string, see
-`picochat.prompt`) is continued as a document instead, and `<|endoftext|>` ends it.
+`picochat.core.prompt`) is continued as a document instead, and `<|endoftext|>` ends it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from picochat.generate import SamplingConfig, generate
-from picochat.model import GPT
-from picochat.prompt import Prompt, encode_prompt, end_token_id, stop_token_ids
-from picochat.tokenizer import Tokenizer
-from picochat.train.ppo_math import logprobs_from_logits
-from picochat.train.precision import autocast
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT
+from picochat.core.prompt import Prompt, encode_prompt, end_token_id, stop_token_ids
+from picochat.core.tokenizer import Tokenizer
+from picochat.algos.ppo import logprobs_from_logits
+from picochat.core.precision import autocast
 
 
 @dataclass

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from picochat import distributed
-from picochat.chat import render_chat
-from picochat.model import GPT
-from picochat.tokenizer import Tokenizer
+from picochat.core import distributed
+from picochat.core.chat import render_chat
+from picochat.core.model import GPT
+from picochat.core.tokenizer import Tokenizer
 
 
 def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: str, finished: bool = True,
@@ -87,7 +87,7 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
-        from picochat.checkpoint import load_model_dir
+        from picochat.core.checkpoint import load_model_dir
 
         model, meta = load_model_dir(path, device)
         if model.cfg.head != "scalar":

@@ -16,7 +16,7 @@ Both are plain, single-threaded objects: feed them pieces, send what they return
 
 from __future__ import annotations
 
-from picochat.tokenizer import Tokenizer
+from picochat.core.tokenizer import Tokenizer
 
 REPLACEMENT = "\ufffd"  # what decoding an incomplete UTF-8 sequence yields
 

@@ -22,12 +22,12 @@ from typing import TextIO
 
 import torch
 
-from picochat.chat import render_prompt
-from picochat.generate import SamplingConfig, generate
-from picochat.model import GPT
-from picochat.text_stream import IncrementalDecoder
-from picochat.tokenizer import Tokenizer
-from picochat.train.precision import autocast
+from picochat.core.chat import render_prompt
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT
+from picochat.core.text_stream import IncrementalDecoder
+from picochat.core.tokenizer import Tokenizer
+from picochat.core.precision import autocast
 
 USER_MARK = "you> "
 BOT_MARK = "bot> "
@@ -55,13 +55,13 @@ def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> in
     if (args.ckpt is None) == (args.url is None):
         raise ValueError("give either --ckpt DIR (a local model) or --url URL (a running server)")
     if args.url:
-        from picochat.chat_remote import RemoteReplier
+        from picochat.cli.chat_remote import RemoteReplier
 
         replier = RemoteReplier(args, stdout)
         chat_loop(replier, args.system, stdin, stdout)
         return 0
-    from picochat.checkpoint import load_model_dir
-    from picochat.train.precision import default_device, resolve_precision
+    from picochat.core.checkpoint import load_model_dir
+    from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
     model, meta = load_model_dir(args.ckpt, device)

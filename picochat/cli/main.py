@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--auto", action="store_true",
                            help="rank with the built-in labeler (the gold scorer plus simulated annotator noise)")
 
-    from picochat.chat_cli import add_chat_arguments
+    from picochat.cli.chat import add_chat_arguments
 
     c = sub.add_parser("chat", help="chat with a model in the terminal",
                        description="Multi-turn chat in the terminal; /reset starts over, /quit leaves.")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--file", help="JSONL of preference records or {\"prompt\", \"response\"} lines; scores go to stdout")
     sc.add_argument("--raw", action="store_true", help="print raw scores, without the fitted normalisation")
 
-    from picochat.serve_cli import add_serve_arguments
+    from picochat.cli.serve import add_serve_arguments
 
     sv = sub.add_parser("serve", help="OpenAI-compatible API server with a web chat page and a labeling page",
                         description="Serve a model over HTTP: OpenAI's chat/completions API (batched), a chat page "
@@ -128,11 +128,11 @@ def _config_for(args, default_section: str | None):
 def _cmd_sample(args) -> None:
     import torch
 
-    from picochat.checkpoint import load_model_dir
+    from picochat.core.checkpoint import load_model_dir
     from picochat.config import SampleConfig
-    from picochat.tokenizer import Tokenizer
+    from picochat.core.tokenizer import Tokenizer
     from picochat.train.pretrain import sample_texts
-    from picochat.train.precision import default_device, resolve_precision
+    from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
     model, meta = load_model_dir(args.ckpt, device)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_sample(args)
             return 0
         if args.command == "score":
-            from picochat.score_cli import cmd_score
+            from picochat.cli.score import cmd_score
 
             return cmd_score(args)
         if args.command == "label" and not args.auto:
@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                              "http://127.0.0.1:8000/label (rankings go to <out>/human_labels/preferences.jsonl); "
                              "or use `picochat label --auto` for the built-in labeler")
         if args.command == "serve":
-            from picochat.serve_cli import cmd_serve
+            from picochat.cli.serve import cmd_serve
 
             return cmd_serve(args)
         if args.command == "chat":
-            from picochat.chat_cli import cmd_chat
+            from picochat.cli.chat import cmd_chat
 
             return cmd_chat(args)
         if args.command == "export":
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
             write_report(_config_for(args, default_section="report"), Path(args.out), show_progress=not args.no_progress)
             return 0
-        from picochat import distributed
-        from picochat.pipeline import run_pipeline, run_stage
+        from picochat.core import distributed
+        from picochat.run.pipeline import run_pipeline, run_stage
 
         with distributed.session():  # under torchrun: join the process group, rank 0 prints
             if args.command == "run":

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from picochat.io import atomic_write, atomic_write_json, make_temp_dir, resolve_swapped_directory, swap_in_directory
-from picochat.model import GPT, ModelConfig
+from picochat.core.io import atomic_write, atomic_write_json, make_temp_dir, resolve_swapped_directory, swap_in_directory
+from picochat.core.model import GPT, ModelConfig
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

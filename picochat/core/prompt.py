@@ -11,8 +11,8 @@ KL estimate tell them apart by type.
 
 from __future__ import annotations
 
-from picochat.chat import render_prompt
-from picochat.tokenizer import Tokenizer
+from picochat.core.chat import render_prompt
+from picochat.core.tokenizer import Tokenizer
 
 Prompt = list[dict] | str
 

@@ -5,7 +5,7 @@ in the RANK / WORLD_SIZE / LOCAL_RANK variables torchrun sets. Without torchrun 
 process) no process group is started and every helper here is a no-op that returns at once, so a
 single-process run does exactly what it did before, at no cost.
 
-Roles: every rank trains (DDP or FSDP2, `picochat.train.parallel`); rank 0 alone writes files
+Roles: every rank trains (DDP or FSDP2, `picochat.core.parallel`); rank 0 alone writes files
 (checkpoints, metrics.jsonl, summary.json), logs, and runs the work that is not distributed
 (world, tokenizer, labeling, the evaluations after training) while the others wait at `barrier()`.
 All ranks must see the run directory (one machine, or a shared filesystem across machines).

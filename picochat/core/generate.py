@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from picochat.model import GPT, KVCache
+from picochat.core.model import GPT, KVCache
 
 
 @dataclass

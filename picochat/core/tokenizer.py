@@ -75,7 +75,7 @@ class Tokenizer:
         if missing:
             raise ValueError(
                 f"tokenizer is missing picochat special tokens {missing}; "
-                "train it with picochat.tokenizer.train_tokenizer (a Hugging Face model imported "
+                "train it with picochat.core.tokenizer.train_tokenizer (a Hugging Face model imported "
                 "with init=hf:PATH gets them added)"
             )
         self.eot_id = self.token_id(EOT)
@@ -93,7 +93,7 @@ class Tokenizer:
             path = path / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(
-                f"no tokenizer at {path}; train one first (picochat.tokenizer.train_tokenizer)"
+                f"no tokenizer at {path}; train one first (picochat.core.tokenizer.train_tokenizer)"
             )
         return cls(HFTokenizer.from_file(str(path)))
 

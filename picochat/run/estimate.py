@@ -60,9 +60,9 @@ def measure_speeds(cfg: RunConfig, vocab_size: int, repeats: int = 3) -> Speeds:
 
 
 def _measure_speeds(cfg: RunConfig, vocab_size: int, repeats: int) -> Speeds:
-    from picochat.generate import SamplingConfig, generate
-    from picochat.model import GPT, lm_loss
-    from picochat.train.precision import autocast, default_device, resolve_precision
+    from picochat.core.generate import SamplingConfig, generate
+    from picochat.core.model import GPT, lm_loss
+    from picochat.core.precision import autocast, default_device, resolve_precision
 
     device = default_device()
     precision = resolve_precision(cfg.pretrain.train.precision, device)
@@ -111,13 +111,13 @@ def _sync(device: torch.device) -> None:
 def chat_row_tokens(cfg: RunConfig, out: Path, batch_size: int) -> float:
     """Tokens per padded chat row: the mean over random batches of the longest conversation in the
     batch (batches pad to their longest row). From the run's world chat data when it exists."""
-    from picochat.tokenizer import Tokenizer
+    from picochat.core.tokenizer import Tokenizer
 
     data, tok_file = out / "world" / "chat_train.jsonl", out / "tokenizer" / "tokenizer.json"
     cap = min(cfg.sft.seq_len, cfg.model.max_seq_len)
     if cfg.sft.sources or not data.exists() or not tok_file.exists():
         return float(cap)
-    from picochat.chat import render_chat
+    from picochat.core.chat import render_chat
     from picochat.world import read_chat_examples
 
     tokenizer = Tokenizer.load(tok_file)

@@ -18,7 +18,7 @@ import contextlib
 import torch
 from torch.distributed.tensor import DTensor
 
-from picochat import distributed
+from picochat.core import distributed
 
 MODES = ("ddp", "fsdp")
 

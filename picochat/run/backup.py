@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from picochat.io import atomic_write_text, resolve_swapped_directory
+from picochat.core.io import atomic_write_text, resolve_swapped_directory
 
 ASIDE_SUFFIX = ".previous"
 REPLACED_SUFFIX = ".replaced"  # an unfinished attempt set aside while the previous one is still kept

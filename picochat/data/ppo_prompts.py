@@ -22,8 +22,8 @@ from pathlib import Path
 from picochat.config import PPOConfig
 from picochat.data.readers import CorpusError, iter_corpus
 from picochat.data.sources import resolve_sources
-from picochat.prompt import Prompt, encode_prompt
-from picochat.tokenizer import Tokenizer
+from picochat.core.prompt import Prompt, encode_prompt
+from picochat.core.tokenizer import Tokenizer
 
 PREFERENCE_KEYS = ("chosen", "rejected", "responses", "ranking", "label")
 
@@ -59,7 +59,7 @@ def read_chat_prompts(files: list[Path]) -> tuple[list[list[dict]], list[str]]:
     """(the prompts of chat/preference JSONL files, each distinct prompt once, in file order;
     the records skipped as invalid). Public data has a few malformed records (HH-RLHF has dialogues
     whose last two turns are both the assistant's); a file without one valid record is an error."""
-    from picochat.chat import ChatFormatError
+    from picochat.core.chat import ChatFormatError
     from picochat.data.chat_data import find_chat_files
     from picochat.data.readers import iter_json_lines
 

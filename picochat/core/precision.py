@@ -16,7 +16,7 @@ import torch
 
 def default_device() -> torch.device:
     """cuda (cuda:LOCAL_RANK under torchrun) when there is a GPU, else cpu."""
-    from picochat.distributed import device
+    from picochat.core.distributed import device
 
     return device()
 

@@ -22,8 +22,8 @@ def _prompt_messages(prompt) -> list[dict]:
 
 
 def cmd_score(args, stdout=sys.stdout) -> int:
-    from picochat.reward import RewardModel
-    from picochat.train.precision import default_device
+    from picochat.reward_model import RewardModel
+    from picochat.core.precision import default_device
 
     rm = RewardModel.load(args.ckpt, default_device())
     normalized = not args.raw

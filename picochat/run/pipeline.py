@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from picochat import distributed
+from picochat.core import distributed
 from picochat.config import RunConfig, save_config, stage_reference
-from picochat.checkpoint import CHECKPOINT_DIR
-from picochat.io import MetricsLog, atomic_write_json, remove_orphan_temp_dirs
-from picochat.memory import peak_rss_mb, reset_peak_rss
-from picochat.stage_backup import StageBackup
+from picochat.core.checkpoint import CHECKPOINT_DIR
+from picochat.core.io import MetricsLog, atomic_write_json, remove_orphan_temp_dirs
+from picochat.core.memory import peak_rss_mb, reset_peak_rss
+from picochat.run.backup import StageBackup
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _tokenizer_training_texts(cfg: RunConfig, out: Path):
 
 def run_tokenizer(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     from picochat.data.readers import iter_corpus
-    from picochat.tokenizer import train_tokenizer
+    from picochat.core.tokenizer import train_tokenizer
 
     t0 = time.perf_counter()
     tok = train_tokenizer(
@@ -110,10 +110,10 @@ def _sft_line(s: dict) -> str:
 
 
 def run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.checkpoint import load_model_dir
+    from picochat.core.checkpoint import load_model_dir
     from picochat.feedback.autolabel import label_prompts, world_label_prompts
-    from picochat.tokenizer import Tokenizer
-    from picochat.train.precision import default_device, resolve_precision
+    from picochat.core.tokenizer import Tokenizer
+    from picochat.core.precision import default_device, resolve_precision
     from picochat.world import GoldScorer, read_world
 
     t0 = time.perf_counter()
@@ -176,15 +176,15 @@ def _policy_line(s: dict) -> str:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("world", ("world", "chat"), (), "picochat.pipeline:run_world",
+        Stage("world", ("world", "chat"), (), "picochat.run.pipeline:run_world",
               lambda s: f"{s['n_characters']} characters, {s['n_docs']:,} documents, {s['n_bytes'] / 1e6:.1f} MB"),
-        Stage("tokenizer", ("tokenizer",), ("world",), "picochat.pipeline:run_tokenizer",
+        Stage("tokenizer", ("tokenizer",), ("world",), "picochat.run.pipeline:run_tokenizer",
               lambda s: f"vocab {s['vocab_size']}, {s['bytes_per_token']:.2f} bytes/token"),
         Stage("pretrain", ("model", "pretrain"), ("tokenizer",), "picochat.train.pretrain:run_pretrain",
               lambda s: (f"val loss {s['val_loss']:.3f}, ppl {s['val_ppl']:.2f}, bpb {s['val_bpb']:.3f}, "
                          f"{s['tokens_per_s']:,.0f} tok/s ({s['precision']})"), distributed=True),
         Stage("sft", ("sft",), ("pretrain", "world"), "picochat.train.sft:run_sft", _sft_line, distributed=True),
-        Stage("label", ("label",), ("sft", "world"), "picochat.pipeline:run_label",
+        Stage("label", ("label",), ("sft", "world"), "picochat.run.pipeline:run_label",
               lambda s: (f"{s['n_prompts']} prompts x {s['k']} answers, mean gold {s['mean_gold']:.3f}, "
                          f"labels agree with gold on {s['pair_agreement_with_gold']:.3f} of pairs")),
         Stage("rm", ("rm",), ("label", "sft"), "picochat.train.reward:run_rm", _rm_line, distributed=True),
@@ -390,7 +390,7 @@ def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, sho
             continue
         summaries[name] = run_stage(name, cfg, out, show_progress)
     if distributed.is_main():
-        from picochat.estimate import fmt_seconds
+        from picochat.run.estimate import fmt_seconds
 
         planned = sum(v for v in (estimate or {}).values() if v is not None)
         print(f"[run] finished in {fmt_seconds(time.perf_counter() - t0)}"
@@ -401,7 +401,7 @@ def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, sho
 def print_plan(cfg: RunConfig, out: Path, names: list[str]) -> dict[str, float | None]:
     """Say, before the long stages start, what each stage will do (reuse, resume or run) and about
     how long it will take on this machine; returns the estimates (None: seconds; 0: reused)."""
-    from picochat.estimate import estimate_seconds, fmt_seconds, measure_speeds
+    from picochat.run.estimate import estimate_seconds, fmt_seconds, measure_speeds
 
     status = {n: stage_status(n, cfg, out) for n in names if n in STAGES}
     if REPORT in names:  # its model comparison is redone when any model it compares is

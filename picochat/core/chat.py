@@ -28,8 +28,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from picochat.io import atomic_write_json
-from picochat.tokenizer import EOT, IM_END, IM_START, PAD, Tokenizer
+from picochat.core.io import atomic_write_json
+from picochat.core.tokenizer import EOT, IM_END, IM_START, PAD, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

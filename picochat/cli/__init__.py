@@ -1,0 +1,1 @@
+"""The `picochat` command: one parser, a table of commands, one module per interactive command."""

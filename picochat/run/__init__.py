@@ -1,0 +1,1 @@
+"""Runs the pipeline: the stage registry, fingerprints and reuse, the plan and its time estimate."""
