@@ -87,9 +87,9 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
-        from picochat.core.checkpoint import load_model_dir
+        from picochat.layout import load_model
 
-        model, meta = load_model_dir(path, device)
+        model, meta = load_model(path, device)
         if model.cfg.head != "scalar":
             raise ValueError(f"{meta['model_dir']} is not a reward model (its head is {model.cfg.head!r}); "
                              "train one with `picochat rm`")

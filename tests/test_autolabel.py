@@ -9,9 +9,10 @@ from itertools import combinations
 import pytest
 import torch
 
+from picochat.config import LabelConfig
 from picochat.data.preferences import prompt_key, read_preferences
 from picochat.feedback.autolabel import (
-    LabelConfig, gold_ranking, label_prompts, noisy_ranking, pair_agreement, world_label_prompts,
+    gold_ranking, label_prompts, noisy_ranking, pair_agreement, world_label_prompts,
 )
 from picochat.core.model import GPT, ModelConfig
 from picochat.world import ChatTasksConfig, GoldScorer, WorldConfig, read_world, write_chat_tasks, write_world

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from picochat.core.checkpoint import load_model_dir
+from picochat.layout import load_model
 from picochat.cli.main import main
 from picochat.hf.export import export_model
 from picochat.hf.importer import check_chat_encoding, init_new_rows
@@ -60,7 +60,7 @@ def save_random_llama(path, *, tie: bool = False, **overrides):
 @pytest.mark.parametrize("tie", [False, True])
 def test_import_matches_transformers(tmp_path, tie):
     hf, n_vocab = save_random_llama(tmp_path / "llama", tie=tie)
-    model, meta = load_model_dir(f"hf:{tmp_path / 'llama'}")
+    model, meta = load_model(f"hf:{tmp_path / 'llama'}")
     assert meta["added_tokens"] == ["<|pad|>"] and model.cfg.vocab_size == n_vocab + 1
     assert model.cfg.tie_embeddings == tie and model.cfg.rope_theta == 1000.0 and model.cfg.n_kv_heads == 2
     assert model.cfg.norm_eps == 1e-5 and model.cfg.max_seq_len == 96 and model.cfg.ffn_hidden == 64
@@ -73,7 +73,7 @@ def test_import_matches_transformers(tmp_path, tie):
     embed = model.model.embed_tokens.weight
     torch.testing.assert_close(embed[n_vocab], embed[:n_vocab].mean(0))  # the new row starts at the mean
     # A second import reuses the cached conversion.
-    _, again = load_model_dir(f"hf:{tmp_path / 'llama'}")
+    _, again = load_model(f"hf:{tmp_path / 'llama'}")
     assert again["model_dir"] == meta["model_dir"]
 
 
@@ -82,21 +82,21 @@ def test_import_sft_export_round_trip(tmp_path):
     chat_file = tmp_path / "chats.jsonl"
     chat_file.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CHATS))
     out = tmp_path / "run"
-    imported, _ = load_model_dir(f"hf:{tmp_path / 'llama'}")
+    imported, _ = load_model(f"hf:{tmp_path / 'llama'}")
     assert main(["sft", "--out", str(out), "--no-progress", f"sft.init=hf:{tmp_path / 'llama'}",
                  f"sft.sources={chat_file}", "sft.eval_prompts=0", "sft.val_fraction=0.2",
                  "train.max_steps=4", "train.batch_size=4", "train.lr=1e-2", "train.lr_warmup_steps=1",
                  "train.log_every=2", "train.eval_every=0", "train.eval_batches=1", "train.precision=fp32"]) == 0
     summary = json.loads((out / "sft" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["init"].startswith("hf:")
-    model, meta = load_model_dir(out / "sft")
+    model, meta = load_model(out / "sft")
     moved = (model.model.embed_tokens.weight - imported.model.embed_tokens.weight).abs().max().item()
     assert moved > 1e-3  # it trained
     assert Tokenizer.load(meta["model_dir"]).pad_id == model.cfg.vocab_size - 1  # kept the added token
 
     exported = export_model(out / "sft", tmp_path / "hf_sft")
     hf = transformers.LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
-    again, again_meta = load_model_dir(f"hf:{exported}")
+    again, again_meta = load_model(f"hf:{exported}")
     assert again_meta["added_tokens"] == []  # every chat token is there now
     assert Tokenizer.load(again_meta["model_dir"]).to_json() == Tokenizer.load(meta["model_dir"]).to_json()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(2))
@@ -153,9 +153,9 @@ def test_biased_checkpoint_refused_through_the_cli(tmp_path, capsys):
     weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(config["hidden_size"])
     save_file(weights, tmp_path / "sneaky" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UnsupportedModelError, match="q_proj.bias"):
-        load_model_dir(f"hf:{tmp_path / 'sneaky'}")
+        load_model(f"hf:{tmp_path / 'sneaky'}")
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        load_model_dir(f"hf:{tmp_path / 'missing'}")
+        load_model(f"hf:{tmp_path / 'missing'}")
 
 
 def test_init_new_rows_grows_and_fills_with_the_mean():
@@ -186,8 +186,8 @@ def test_sentencepiece_style_tokenizer_refused(tmp_path):
 def test_missing_files_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_model_dir(f"hf:{tmp_path / 'empty'}")
+        load_model(f"hf:{tmp_path / 'empty'}")
     save_random_llama(tmp_path / "llama")
     (tmp_path / "llama" / "model.safetensors").rename(tmp_path / "llama" / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
-        load_model_dir(f"hf:{tmp_path / 'llama'}")
+        load_model(f"hf:{tmp_path / 'llama'}")

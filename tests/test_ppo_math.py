@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from picochat.core.rollout import logprobs_from_logits
 from picochat.algos.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -14,7 +15,6 @@ from picochat.algos.ppo import (
     explained_variance,
     gae,
     kl_penalty,
-    logprobs_from_logits,
     masked_mean,
     masked_var,
     masked_whiten,

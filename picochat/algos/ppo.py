@@ -12,7 +12,7 @@ Conventions (the same for every function here):
 
 The pieces, in the order a PPO step uses them:
 
-1. ``logprobs_from_logits`` for the policy and the frozen reference model (B, T).
+1. ``core.rollout.logprobs_from_logits`` for the policy and the frozen reference model (B, T).
 2. ``token_rewards``: −kl_coef·KL(policy‖ref) on every token plus the reward model's scalar
    score on the last token (Ziegler et al. 2019; InstructGPT).
 3. ``gae``: advantages and value targets, backwards over each row.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def _valid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -219,15 +218,6 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     probs = torch.softmax(logits, dim=-1)
     entropy = torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)  # (B, T)
     return masked_mean(entropy, mask)
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under the softmax of logits, in fp32: logits (B, T, V), tokens (B, T) -> (B, T).
-
-    The logits at position t must already be the prediction for tokens[:, t] (shift before calling).
-    """
-    log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    return log_probs.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()

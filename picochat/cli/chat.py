@@ -60,11 +60,11 @@ def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> in
         replier = RemoteReplier(args, stdout)
         chat_loop(replier, args.system, stdin, stdout)
         return 0
-    from picochat.core.checkpoint import load_model_dir
+    from picochat.layout import load_model
     from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
-    model, meta = load_model_dir(args.ckpt, device)
+    model, meta = load_model(args.ckpt, device)
     model.eval()
     tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
     max_new_tokens = args.max_new_tokens

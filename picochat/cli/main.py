@@ -128,14 +128,14 @@ def _config_for(args, default_section: str | None):
 def _cmd_sample(args) -> None:
     import torch
 
-    from picochat.core.checkpoint import load_model_dir
+    from picochat.layout import load_model
     from picochat.config import SampleConfig
     from picochat.core.tokenizer import Tokenizer
     from picochat.train.pretrain import sample_texts
     from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
-    model, meta = load_model_dir(args.ckpt, device)
+    model, meta = load_model(args.ckpt, device)
     tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
     prompts = (args.prompt or [""]) * args.num_samples
     scfg = SampleConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

@@ -101,7 +101,7 @@ def default_label_out(ckpt: str | Path) -> Path:
 def build_service(args, api_key: str | None, hosts):
     """Load the model(s) and assemble the Service the app serves (engine not yet started);
     `hosts` is the HostPolicy (hosts.host_policy)."""
-    from picochat.core.checkpoint import load_model_dir
+    from picochat.layout import load_model
     from picochat.serve.api import Service
     from picochat.serve.engine import BatchEngine
     from picochat.serve.limits import ServeLimits
@@ -109,7 +109,7 @@ def build_service(args, api_key: str | None, hosts):
     from picochat.core.precision import default_device, resolve_precision
 
     device = default_device()
-    model, meta = load_model_dir(args.ckpt, device)
+    model, meta = load_model(args.ckpt, device)
     if model.cfg.head != "lm":
         raise ValueError(f"{meta['model_dir']} is a reward/value model (head={model.cfg.head!r}); pass it as --rm "
                          "and give a chat model as --ckpt")

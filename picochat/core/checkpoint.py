@@ -42,12 +42,8 @@ def write_model_dir(out_dir: Path, model: GPT, tokenizer_file: Path, meta: dict 
 
 def resolve_model_dir(path: str | Path) -> Path:
     """Accept a model directory, or a stage directory whose final model or latest checkpoint is
-    inside, or `hf:DIR` (a local Hugging Face Llama checkpoint, imported into a cached picochat
-    model directory by `picochat.hf.importer`); raise FileNotFoundError with a clear message otherwise."""
-    if str(path).startswith("hf:"):
-        from picochat.hf.importer import import_hf
-
-        return import_hf(path)
+    inside; raise FileNotFoundError with a clear message otherwise. (`hf:DIR` is resolved one
+    layer up, by `picochat.layout.resolve_model`.)"""
     path = Path(path)
     if (path / MODEL_FILE).exists():
         return path

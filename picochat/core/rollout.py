@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT
 from picochat.core.prompt import Prompt, encode_prompt, end_token_id, stop_token_ids
 from picochat.core.tokenizer import Tokenizer
-from picochat.algos.ppo import logprobs_from_logits
 from picochat.core.precision import autocast
 
 
@@ -36,6 +36,15 @@ class Rollout:
     def response_ids(self) -> torch.Tensor:  # (B, R)
         return self.input_ids[:, self.prompt_width :]
 
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under the softmax of logits, in fp32: logits (B, T, V), tokens (B, T) -> (B, T).
+
+    The logits at position t must already be the prediction for tokens[:, t] (shift before calling).
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    return log_probs.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
 
 def layout(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(input_ids, attention_mask, response_mask, P): prompts left-padded, responses right-padded."""

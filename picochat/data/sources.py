@@ -26,8 +26,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from picochat.data.readers import CorpusError
+from picochat.hf import HF_PREFIX
 
-HF_PREFIX = "hf:"
 HF_OPTIONS = ("split", "name", "data_dir", "limit")
 
 

@@ -2,9 +2,9 @@
 simulated annotator (`autolabel`)."""
 
 from picochat.feedback.autolabel import (
-    LabelConfig, gold_ranking, label_prompts, noisy_ranking, pair_agreement, summarize_labels,
+    gold_ranking, label_prompts, noisy_ranking, pair_agreement, summarize_labels,
     world_label_prompts,
 )
 
-__all__ = ["LabelConfig", "noisy_ranking", "gold_ranking", "pair_agreement", "summarize_labels",
+__all__ = ["noisy_ranking", "gold_ranking", "pair_agreement", "summarize_labels",
            "label_prompts", "world_label_prompts"]

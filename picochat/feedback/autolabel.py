@@ -23,13 +23,13 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from picochat.config import LabelConfig
 from picochat.core.chat import render_prompt
 from picochat.data.preferences import (
     PreferenceRecord, append_record, prompt_key, read_preferences, repair_torn_tail,
@@ -37,24 +37,6 @@ from picochat.data.preferences import (
 from picochat.eval.gold_eval import answer_prompts
 from picochat.core.generate import SamplingConfig
 from picochat.world.tasks import read_chat_examples
-
-
-@dataclass
-class LabelConfig:
-    # K=8: the simulated labeler's ranking then agrees with the gold order on 0.81 of pairs, at K=4
-    # on 0.71 (every answer is compared 7 times, so single flipped decisions average out), and a
-    # prompt gives 28 pairs instead of 6. 4,000 prompts x 8 trained a reward model whose best-of-4
-    # pick gained +0.071 gold on held-out prompts where 1,500 x 4 gained +0.032 (see README).
-    k: int = 8  # responses per prompt, 2..9
-    n_prompts: int = 4000  # train prompts to label
-    n_test_prompts: int = 200  # held-out prompts labeled into a separate file for RM evaluation
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 96
-    flip_prob: float = 0.25  # chance the simulated annotator gets any one pairwise decision wrong
-    tie_margin: float = 0.0  # gold scores within this margin are "can't tell" (a tie in the ranking)
-    seed: int = 0
-    batch_prompts: int = 16  # prompts sampled together (x k rows per forward)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,11 +36,11 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from picochat.core.chat import render_chat, render_text, write_tokenizer_config
 from picochat.core.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, write_model_dir
+from picochat.hf import HF_PREFIX
 from picochat.hf.llama_config import UnsupportedModelError, model_config_from_llama
 from picochat.core.model import GPT, ModelConfig
 from picochat.core.tokenizer import REQUIRED_TOKENS, Tokenizer
 
-HF_PREFIX = "hf:"
 INDEX_FILE = "model.safetensors.index.json"
 CONVERTER_VERSION = 1  # bump when the conversion changes, so cached imports are redone
 EMBEDDING = "model.embed_tokens.weight"

@@ -153,7 +153,7 @@ def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], m
 
 
 def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress) -> dict:
-    from picochat.core.checkpoint import load_model_dir
+    from picochat.layout import load_model
     from picochat.core.chat import render_prompt
     from picochat.eval.gold_eval import answer_prompts
     from picochat.core.generate import SamplingConfig
@@ -169,7 +169,7 @@ def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show
     messages = [p.messages for p in prompts]
     results: dict[str, dict] = {}
     for name in models:
-        model, meta = load_model_dir(out / name, device)
+        model, meta = load_model(out / name, device)
         tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
         longest = max(len(render_prompt(tokenizer, m)) for m in messages)
         max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from picochat.core import distributed
-from picochat.config import RunConfig, save_config, stage_reference
+from picochat.config import RunConfig, save_config
+from picochat.layout import load_model, stage_reference
 from picochat.core.checkpoint import CHECKPOINT_DIR
 from picochat.core.io import MetricsLog, atomic_write_json, remove_orphan_temp_dirs
 from picochat.core.memory import peak_rss_mb, reset_peak_rss
@@ -110,7 +111,6 @@ def _sft_line(s: dict) -> str:
 
 
 def run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    from picochat.core.checkpoint import load_model_dir
     from picochat.feedback.autolabel import label_prompts, world_label_prompts
     from picochat.core.tokenizer import Tokenizer
     from picochat.core.precision import default_device, resolve_precision
@@ -118,7 +118,7 @@ def run_label(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
 
     t0 = time.perf_counter()
     device = default_device()
-    model, meta = load_model_dir(out / "sft", device)
+    model, meta = load_model(out / "sft", device)
     tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
     scorer = GoldScorer(read_world(out / "world" / "world.json")[0])
     precision = resolve_precision("auto", device)

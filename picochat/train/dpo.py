@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from picochat.core import distributed
 from picochat.core.chat import render_chat
-from picochat.core.checkpoint import load_model_dir, write_model_dir
-from picochat.config import DPOConfig, RunConfig, model_location  # noqa: F401  (DPOConfig re-exported for callers)
+from picochat.core.checkpoint import write_model_dir
+from picochat.config import DPOConfig, RunConfig
+from picochat.layout import load_model, model_location  # noqa: F401  (DPOConfig re-exported for callers)
 from picochat.data.preferences import PreferenceRecord, prompt_key
 from picochat.core.distributed import rank_share
 from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
@@ -256,7 +257,7 @@ def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(dcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, meta = load_model_dir(init_dir, device)
+    model, meta = load_model(init_dir, device)
     if model.cfg.head != "lm":
         raise ValueError(f"dpo.init={meta['model_dir']} is a reward model (head {model.cfg.head!r}); "
                          "DPO starts from a chat model, e.g. <out>/sft")
@@ -346,7 +347,7 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
 
     dcfg = cfg.dpo
     summary: dict = {}
-    reference, _ = load_model_dir(init_dir, device)
+    reference, _ = load_model(init_dir, device)
     reference.eval()
     world_test = out / "world" / "chat_test.jsonl"
     if not dcfg.sources and world_test.exists():

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
+from safetensors.torch import load_model as load_weights
 from tqdm.auto import tqdm
 
 from picochat.core import distributed
 from picochat.core.chat import write_tokenizer_config
-from picochat.core.checkpoint import load_model_dir, write_model_dir
-from picochat.config import PPOConfig, RunConfig, model_location, stage_reference
+from picochat.core.checkpoint import write_model_dir
+from picochat.config import PPOConfig, RunConfig
+from picochat.layout import load_model, model_location, stage_reference
 from picochat.core.io import MetricsLog, atomic_write_text, make_temp_dir, resolve_swapped_directory, swap_in_directory
 from picochat.core.prompt import reward_input
 from picochat.reward_model import RewardModel
@@ -87,12 +88,12 @@ class PPOTrainer:
         self.precision = resolve_precision(self.pcfg.precision, self.device)
         init = model_location(self.pcfg.init, "sft", self.out)
         rm_dir = model_location(self.pcfg.reward_model, "rm", self.out)
-        self.policy, meta = load_model_dir(init, self.device)
+        self.policy, meta = load_model(init, self.device)
         self.tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
         self.tokenizer = Tokenizer.load(self.tokenizer_file)
-        self.reference, _ = load_model_dir(init, self.device)
+        self.reference, _ = load_model(init, self.device)
         self.reward = RewardModel.load(rm_dir, self.device)
-        self.value, _ = load_model_dir(model_location(self.pcfg.value_init, "", self.out) if self.pcfg.value_init
+        self.value, _ = load_model(model_location(self.pcfg.value_init, "", self.out) if self.pcfg.value_init
                                        else rm_dir, self.device)
         for frozen in (self.reference, self.reward.model):
             frozen.requires_grad_(False).eval()
@@ -150,8 +151,8 @@ class PPOTrainer:
         if ckpt is None or not (ckpt / "trainer_state.pt").exists():
             return False
         state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-        load_model(self.policy, str(ckpt / "model.safetensors"), strict=True)
-        load_model(self.value, str(ckpt / "value" / "model.safetensors"), strict=True)
+        load_weights(self.policy, str(ckpt / "model.safetensors"), strict=True)
+        load_weights(self.value, str(ckpt / "value" / "model.safetensors"), strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         torch.set_rng_state(state["torch_rng"])

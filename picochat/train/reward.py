@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from picochat.core import distributed
-from picochat.core.checkpoint import load_model_dir, write_model_dir
-from picochat.config import RunConfig, model_location
+from picochat.core.checkpoint import write_model_dir
+from picochat.config import RunConfig
+from picochat.layout import load_model, model_location
 from picochat.data.preferences import PreferenceRecord, prompt_key, read_preferences
 from picochat.data.shards import is_val_document
 from picochat.core.distributed import rank_share
@@ -272,7 +273,7 @@ def run_rm(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(rcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, meta = load_model_dir(init_dir, device)
+    model, meta = load_model(init_dir, device)
     tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
     tokenizer = Tokenizer.load(tokenizer_file)
     torch.manual_seed(rcfg.train.seed)

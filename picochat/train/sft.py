@@ -20,8 +20,9 @@ import torch
 
 from picochat.core.chat import render_chat
 from picochat.core import distributed
-from picochat.core.checkpoint import load_model_dir, write_model_dir
-from picochat.config import RunConfig, model_location
+from picochat.core.checkpoint import write_model_dir
+from picochat.config import RunConfig
+from picochat.layout import load_model, model_location
 from picochat.data.shards import is_val_document
 from picochat.core.distributed import rank_share
 from picochat.data.sources import resolve_sources
@@ -142,7 +143,7 @@ def run_sft(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(scfg.init, "pretrain", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, meta = load_model_dir(init_dir, device)
+    model, meta = load_model(init_dir, device)
     tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
     tokenizer = Tokenizer.load(tokenizer_file)
     seq_len = min(scfg.seq_len, model.cfg.max_seq_len)
@@ -235,7 +236,7 @@ def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precis
     kwargs = dict(precision=precision, max_new_tokens=scfg.eval_max_new_tokens, n_samples=scfg.eval_samples,
                   seed=cfg.sft.train.seed, show_progress=show_progress)
     after = evaluate_gold(model, tokenizer, examples, scorer, label="sft", **kwargs)
-    base_model, _ = load_model_dir(init_dir, device)
+    base_model, _ = load_model(init_dir, device)
     before = evaluate_gold(base_model, tokenizer, examples, scorer, label="pretrained", **kwargs)
     k = scfg.eval_samples
     lines = ["# SFT model answers to held-out prompts (greedy)\n"]
