@@ -22,7 +22,6 @@ from picochat.core.model import ModelConfig
 from picochat.world import ChatTasksConfig, WorldConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
-# Every stage a run can have, in pipeline order (picochat.run.pipeline.STAGES describes them).
 
 
 class ConfigError(ValueError):

@@ -21,6 +21,7 @@ from picochat.core import distributed
 from picochat.core.chat import render_chat
 from picochat.core.model import GPT
 from picochat.core.tokenizer import Tokenizer
+from picochat.layout import load_model
 
 
 def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: str, finished: bool = True,
@@ -87,8 +88,6 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
-        from picochat.layout import load_model
-
         model, meta = load_model(path, device)
         if model.cfg.head != "scalar":
             raise ValueError(f"{meta['model_dir']} is not a reward model (its head is {model.cfg.head!r}); "

@@ -12,15 +12,21 @@ import numpy as np
 import pytest
 import torch
 
+from picochat.algos.dpo import dpo_loss
+from picochat.config import ConfigError, DPOConfig, TrainConfig
 from picochat.core.chat import render_chat
 from picochat.core.checkpoint import write_model_dir
-from picochat.config import ConfigError, TrainConfig
+from picochat.core.model import GPT, ModelConfig
 from picochat.data.preferences import PreferenceRecord, append_record
 from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
-from picochat.core.model import GPT, ModelConfig
+from picochat.stages.dpo import run as run_dpo_stage
 from picochat.train.dpo import (
-    DPOConfig, dpo_batch, dpo_batch_loss, dpo_loss, encode_preferences, encode_response, pair_metrics,
-    row_logprobs, run_dpo,
+    dpo_batch,
+    dpo_batch_loss,
+    encode_preferences,
+    encode_response,
+    pair_metrics,
+    row_logprobs,
 )
 from picochat.train.trainer import Trainer
 
@@ -206,7 +212,7 @@ def test_run_dpo_end_to_end(tiny_lm, world_tokenizer, tmp_path):
     dcfg = DPOConfig(train=TrainConfig(max_steps=3, batch_size=4, lr=1e-3, lr_warmup_steps=1, precision="fp32",
                                        eval_every=2, eval_batches=1, log_every=1, ckpt_every=0),
                      eval_prompts=2, eval_max_new_tokens=8)
-    summary = run_dpo(SimpleNamespace(dpo=dcfg), out, show_progress=False)
+    summary = run_dpo_stage(SimpleNamespace(dpo=dcfg), out, show_progress=False)
     assert summary["steps"] == 3 and summary["n_train_pairs"] == 6 and summary["n_test_prompts"] == 1
     for key in ("val_reward_accuracy", "val_gold_reward_accuracy", "val_loss", "kl", "kl_stderr", "tokens",
                 "tokens_per_s", "wall_s"):
@@ -236,7 +242,7 @@ def test_run_dpo_with_the_built_in_world_scores_gold_against_the_reference(tiny_
     dcfg = DPOConfig(train=TrainConfig(max_steps=2, batch_size=2, lr=1e-3, lr_warmup_steps=1, precision="fp32",
                                        eval_every=0, log_every=1, ckpt_every=0),
                      eval_prompts=3, eval_samples=2, eval_max_new_tokens=6)
-    summary = run_dpo(SimpleNamespace(dpo=dcfg), out, show_progress=False)
+    summary = run_dpo_stage(SimpleNamespace(dpo=dcfg), out, show_progress=False)
     for key in ("gold_score", "gold_score_sampled", "gold_score_best_of_2", "gold_score_sft", "kl"):
         assert key in summary, key
     assert summary["gold"]["n_prompts"] == 3 and "sampled_per_prompt" not in summary["gold"]

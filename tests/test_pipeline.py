@@ -73,7 +73,7 @@ def test_rerun_reuses_complete_stages_and_redoes_changed_ones(run_dir, tmp_path,
     assert json.loads((run / "pretrain" / "summary.json").read_text())["steps"] == 10
     # ... and SFT, which started from the old pretrained model, is now out of date.
     from picochat.config import build_config
-    from picochat.run.pipeline import stage_status
+    from picochat.run.registry import stage_status
 
     cfg = build_config(preset=None, base_file=run / "config.yaml")
     assert stage_status("pretrain", cfg, run) == "done"

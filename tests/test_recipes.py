@@ -20,7 +20,8 @@ from picochat.cli.main import main
 from picochat.config import ConfigError, available_presets, build_config, save_config
 from picochat.data.readers import CorpusError
 from picochat.data.sources import parse_hf_spec, resolve_source
-from picochat.run.pipeline import check_run, run_stages, upstream_of
+from picochat.run.pipeline import check_run
+from picochat.run.registry import run_stages, upstream_of
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RECIPES = {"sentiment": ["tokenizer", "pretrain", "rm", "ppo"], "hh": ["tokenizer", "pretrain", "sft", "rm", "ppo"],

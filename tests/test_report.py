@@ -137,7 +137,7 @@ def test_report_reads_na_for_what_a_run_does_not_have(run_dir, tmp_path, monkeyp
 def test_plan_estimates_only_the_stages_that_will_run(run_dir, tmp_path, capsys):
     from picochat.config import build_config, parse_overrides
     from picochat.run.estimate import Speeds, stage_work
-    from picochat.run.pipeline import print_plan
+    from picochat.run.plan import print_plan
 
     run = _copy_run(run_dir, tmp_path / "run")
     cfg = build_config("tiny", overrides=parse_overrides(TINY))  # the config the fixture ran

@@ -4,15 +4,16 @@ complete; a checkpoint write killed halfway leaves no orphan behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 from picochat.cli.main import main
-
-from conftest import TINY
+from picochat.run.registry import STAGES
 
 SFT_ARGS = ["init=" + "{pretrain}", "max_examples=40", "val_fraction=0.2", "train.max_steps=4", "train.batch_size=4",
             "train.eval_every=2", "train.eval_batches=2", "train.log_every=2", "train.ckpt_every=2", "seq_len=64",
@@ -74,15 +75,13 @@ def test_redone_stage_replaces_the_old_one_only_when_complete(finished_sft, tmp_
     out, args, good = finished_sft
     old_model = (out / "sft" / "model.safetensors").read_bytes()
     seen_during_run = {}
-    import picochat.train.sft as sft_module
-
-    real_run_sft = sft_module.run_sft
+    real_run_sft = STAGES["sft"].run
 
     def spying_run_sft(cfg, run_out, show_progress):
         seen_during_run["previous"] = (run_out / "sft.previous" / "model.safetensors").read_bytes()
         return real_run_sft(cfg, run_out, show_progress)
 
-    monkeypatch.setattr(sft_module, "run_sft", spying_run_sft)
+    monkeypatch.setitem(STAGES, "sft", dataclasses.replace(STAGES["sft"], run=spying_run_sft))
     assert main(["sft", "--out", str(out), "--no-progress", *TINY, f"sources={good}", *args, "train.seed=2"]) == 0
     assert "kept in" in capsys.readouterr().out
     assert seen_during_run["previous"] == old_model  # set aside, not deleted, while the new one ran
@@ -93,19 +92,17 @@ def test_redone_stage_replaces_the_old_one_only_when_complete(finished_sft, tmp_
 def test_interrupted_redo_keeps_its_checkpoint_and_the_previous_stage(finished_sft, capsys, monkeypatch):
     """Work the new attempt saved is not thrown away either: both stay, and a rerun resumes."""
     out, args, good = finished_sft
-    import picochat.train.sft as sft_module
-
-    real_run_sft = sft_module.run_sft
+    real_run_sft = STAGES["sft"].run
 
     def run_then_crash(cfg, run_out, show_progress):
         real_run_sft(cfg, run_out, show_progress)  # writes checkpoints, then the process "dies"
         raise RuntimeError("simulated crash after a checkpoint")
 
-    monkeypatch.setattr(sft_module, "run_sft", run_then_crash)
+    monkeypatch.setitem(STAGES, "sft", dataclasses.replace(STAGES["sft"], run=run_then_crash))
     assert main(["sft", "--out", str(out), "--no-progress", *TINY, f"sources={good}", *args, "train.seed=2"]) == 2
     assert "kept to resume" in capsys.readouterr().err
     assert (out / "sft" / "checkpoint").exists() and (out / "sft.previous" / "model.safetensors").exists()
-    monkeypatch.setattr(sft_module, "run_sft", real_run_sft)
+    monkeypatch.setitem(STAGES, "sft", dataclasses.replace(STAGES["sft"], run=real_run_sft))
     assert main(["sft", "--out", str(out), "--no-progress", *TINY, f"sources={good}", *args, "train.seed=2"]) == 0
     assert not (out / "sft.previous").exists() and (out / "sft" / "summary.json").exists()
 

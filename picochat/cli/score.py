@@ -10,11 +10,13 @@ A file may hold preference records (every response of each record is scored, in 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 
+from picochat.core.precision import default_device
 from picochat.data.preferences import parse_record
 from picochat.data.readers import CorpusError, iter_json_lines
+from picochat.reward_model import RewardModel
 
 
 def _prompt_messages(prompt) -> list[dict]:
@@ -22,9 +24,6 @@ def _prompt_messages(prompt) -> list[dict]:
 
 
 def cmd_score(args, stdout=sys.stdout) -> int:
-    from picochat.reward_model import RewardModel
-    from picochat.core.precision import default_device
-
     rm = RewardModel.load(args.ckpt, default_device())
     normalized = not args.raw
     if args.file:

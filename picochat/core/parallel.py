@@ -16,7 +16,16 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 from picochat.core import distributed
 
@@ -29,13 +38,10 @@ def wrap(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Mo
     if distributed.world_size() == 1:
         return model
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         for block in model.model.layers:
             fully_shard(block)
         fully_shard(model)  # the root: embeddings, final norm, head (a tied head stays with its embedding)
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     # Buffers are the RoPE tables, identical everywhere: no need to broadcast them every forward.
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -43,8 +49,6 @@ def wrap(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Mo
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -80,9 +84,6 @@ def as_float(x: torch.Tensor) -> float:
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
     """(model state dict, optimizer state dict) whole, on CPU, on rank 0 (empty dicts elsewhere).
     A collective for a sharded model: every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-    )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
@@ -94,9 +95,6 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) 
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
     """Load whole state dicts (every rank passes the same ones) into a sharded model and its optimizer."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
-    )
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_sd, options=options)

@@ -13,10 +13,11 @@ import time
 
 import torch
 
+from picochat.core.distributed import device
+
 
 def default_device() -> torch.device:
     """cuda (cuda:LOCAL_RANK under torchrun) when there is a GPU, else cpu."""
-    from picochat.core.distributed import device
 
     return device()
 

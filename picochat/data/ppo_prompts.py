@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from picochat.config import PPOConfig
-from picochat.data.readers import CorpusError, iter_corpus
-from picochat.data.sources import resolve_sources
+from picochat.core.chat import ChatFormatError
 from picochat.core.prompt import Prompt, encode_prompt
 from picochat.core.tokenizer import Tokenizer
+from picochat.data.chat_data import conversation_from_record, find_chat_files
+from picochat.data.preferences import PreferenceError, _prompt, parse_record
+from picochat.data.readers import CorpusError, iter_corpus, iter_json_lines
+from picochat.data.sources import resolve_sources
+from picochat.world import read_chat_examples
 
 PREFERENCE_KEYS = ("chosen", "rejected", "responses", "ranking", "label")
 
@@ -37,9 +41,6 @@ class PromptSets:
 
 
 def _chat_prompt(obj, file: Path, lineno: int) -> list[dict]:
-    from picochat.data.chat_data import conversation_from_record
-    from picochat.data.preferences import PreferenceError, _prompt, parse_record
-
     where = f"{file}, line {lineno}"
     if not isinstance(obj, dict):
         raise CorpusError(file, f"expected a JSON object, got {type(obj).__name__}", lineno)
@@ -59,9 +60,6 @@ def read_chat_prompts(files: list[Path]) -> tuple[list[list[dict]], list[str]]:
     """(the prompts of chat/preference JSONL files, each distinct prompt once, in file order;
     the records skipped as invalid). Public data has a few malformed records (HH-RLHF has dialogues
     whose last two turns are both the assistant's); a file without one valid record is an error."""
-    from picochat.core.chat import ChatFormatError
-    from picochat.data.chat_data import find_chat_files
-    from picochat.data.readers import iter_json_lines
 
     pool: dict[str, list[dict]] = {}
     problems: list[str] = []
@@ -108,8 +106,6 @@ def split_held_out(prompts: list[Prompt], n_eval: int) -> tuple[list[Prompt], li
 def load_ppo_prompts(pcfg: PPOConfig, out: Path, tokenizer: Tokenizer, max_seq_len: int) -> PromptSets:
     problems: list[str] = []
     if not pcfg.prompts:
-        from picochat.world import read_chat_examples
-
         pool: dict[str, list[dict]] = {}
         for e in read_chat_examples(out / "world" / "chat_train.jsonl"):
             pool.setdefault(repr(e.prompt()), e.prompt())

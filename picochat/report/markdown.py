@@ -11,6 +11,7 @@ import math
 from picochat.eval.gold_eval import paired_difference
 from picochat.report.collect import STAGE_ORDER, RunFiles, stage_figures
 from picochat.report.compare import MODEL_NAMES, score_stats
+from picochat.report.summary_lines import summary_line
 
 NA = "n/a"
 
@@ -67,10 +68,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _final_metrics(stage: str, summary: dict) -> str:
-    from picochat.run.pipeline import STAGES
-
     try:
-        return STAGES[stage].summary_line(summary)
+        return summary_line(stage, summary)
     except (KeyError, TypeError, ValueError):
         return NA
 

@@ -24,6 +24,12 @@ from pathlib import Path
 import torch
 
 from picochat.config import RunConfig
+from picochat.core.chat import render_chat
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT, lm_loss
+from picochat.core.precision import autocast, default_device, resolve_precision
+from picochat.core.tokenizer import Tokenizer
+from picochat.world import read_chat_examples
 
 SAMPLE_ROWS = 64  # rows per sampling batch of the evaluations (picochat.eval.gold_eval.answer_prompts)
 FORWARD_COST = 1 / 3  # a forward pass costs about a third of forward + backward
@@ -60,10 +66,6 @@ def measure_speeds(cfg: RunConfig, vocab_size: int, repeats: int = 3) -> Speeds:
 
 
 def _measure_speeds(cfg: RunConfig, vocab_size: int, repeats: int) -> Speeds:
-    from picochat.core.generate import SamplingConfig, generate
-    from picochat.core.model import GPT, lm_loss
-    from picochat.core.precision import autocast, default_device, resolve_precision
-
     device = default_device()
     precision = resolve_precision(cfg.pretrain.train.precision, device)
     model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
@@ -111,14 +113,11 @@ def _sync(device: torch.device) -> None:
 def chat_row_tokens(cfg: RunConfig, out: Path, batch_size: int) -> float:
     """Tokens per padded chat row: the mean over random batches of the longest conversation in the
     batch (batches pad to their longest row). From the run's world chat data when it exists."""
-    from picochat.core.tokenizer import Tokenizer
 
     data, tok_file = out / "world" / "chat_train.jsonl", out / "tokenizer" / "tokenizer.json"
     cap = min(cfg.sft.seq_len, cfg.model.max_seq_len)
     if cfg.sft.sources or not data.exists() or not tok_file.exists():
         return float(cap)
-    from picochat.core.chat import render_chat
-    from picochat.world import read_chat_examples
 
     tokenizer = Tokenizer.load(tok_file)
     examples = read_chat_examples(data)[:400]

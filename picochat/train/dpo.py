@@ -4,7 +4,6 @@ without a reward model or sampling.
 DPO shows that the policy maximising reward − β·KL(π || π_ref) defines its own reward,
 r(x, y) = β (log π(y|x) − log π_ref(y|x)) up to a per-prompt constant, so a Bradley-Terry fit of
 that *implicit reward* to the labelled pairs trains the policy directly:
-
     Δ    = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))
     loss = −log σ(β Δ)
 
@@ -21,67 +20,22 @@ with probability ε: loss = −(1−ε) log σ(βΔ) − ε log σ(−βΔ). `lo
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from picochat.algos.dpo import dpo_loss
 from picochat.core import distributed
 from picochat.core.chat import render_chat
-from picochat.core.checkpoint import write_model_dir
-from picochat.config import DPOConfig, RunConfig
-from picochat.layout import load_model, model_location  # noqa: F401  (DPOConfig re-exported for callers)
-from picochat.data.preferences import PreferenceRecord, prompt_key
 from picochat.core.distributed import rank_share
-from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
-from picochat.core.io import atomic_write_text
+from picochat.core.precision import autocast
 from picochat.core.tokenizer import Tokenizer
-from picochat.core.precision import autocast, default_device, resolve_precision
-from picochat.train.trainer import Trainer
-from picochat.train.reward import load_preference_splits
-
-DPO_LOSSES = ("sigmoid", "ipo")
-
+from picochat.data.preferences import PreferenceRecord
+from picochat.eval.kl import pad_rows, sequence_logprobs
 
 # ---------------------------------------------------------------------------------------------
 # The loss
-
-
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float,
-    label_smoothing: float = 0.0,
-    kind: str = "sigmoid",
-) -> tuple[torch.Tensor, dict]:
-    """Mean DPO (or IPO) loss over pairs, and diagnostics. All inputs (P,) sequence log-probs.
-
-    stats: reward_accuracy (share of pairs whose implicit reward β(log π − log π_ref) ranks chosen
-    above rejected), reward_margin (mean chosen − rejected reward), chosen_reward, rejected_reward.
-    """
-    chosen_reward = beta * (policy_chosen - ref_chosen)  # (P,)
-    rejected_reward = beta * (policy_rejected - ref_rejected)
-    delta = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)  # (P,)
-    if kind == "sigmoid":
-        losses = -(1 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
-    elif kind == "ipo":
-        losses = (delta - 1 / (2 * beta)) ** 2
-    else:
-        raise ValueError(f"DPO loss kind must be one of {DPO_LOSSES}, got {kind!r}")
-    with torch.no_grad():
-        stats = torch.stack([
-            (chosen_reward > rejected_reward).to(chosen_reward.dtype).mean(),
-            (chosen_reward - rejected_reward).mean(),
-            chosen_reward.mean(),
-            rejected_reward.mean(),
-        ]).tolist()  # one device sync for all four
-    names = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
-    return losses.mean(), dict(zip(names, stats))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,156 +203,3 @@ def pair_metrics(data: PairData, policy_logps: np.ndarray, beta: float, label_sm
 # The stage
 
 
-def run_dpo(cfg, out: Path, show_progress: bool = True) -> dict:
-    out = Path(out)
-    dcfg = cfg.dpo
-    dcfg.validate()
-    stage_dir = out / "dpo"
-    init_dir = model_location(dcfg.init, "sft", out)
-    device = default_device()
-    t0 = time.perf_counter()
-    model, meta = load_model(init_dir, device)
-    if model.cfg.head != "lm":
-        raise ValueError(f"dpo.init={meta['model_dir']} is a reward model (head {model.cfg.head!r}); "
-                         "DPO starts from a chat model, e.g. <out>/sft")
-    tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
-    tokenizer = Tokenizer.load(tokenizer_file)
-    seq_len = min(dcfg.seq_len, model.cfg.max_seq_len)
-
-    train_records, test_records, problems = load_preference_splits(out, dcfg.sources, dcfg.max_records,
-                                                                   dcfg.val_fraction, key="dpo.sources")
-    for p in problems[:5]:
-        print(f"[dpo] skipped: {p}")
-    if problems:
-        print(f"[dpo] {len(problems)} invalid record(s) skipped in total")
-    train = encode_preferences(train_records, tokenizer, seq_len)
-    test = encode_preferences(test_records, tokenizer, seq_len)
-    if not len(train.pairs):
-        raise ValueError(f"no preference pairs to train DPO on in {', '.join(dcfg.sources) or out / 'label'}: "
-                         "records need a ranking with at least two groups (scalar labels and all-tied "
-                         "rankings teach DPO nothing)")
-
-    # The reference log-probs, once: the policy has not moved yet, so it is the reference.
-    tcfg = dcfg.train
-    precision = resolve_precision(tcfg.precision, device)
-    t_ref = time.perf_counter()
-    train.ref_logps = all_row_logprobs(model, train, tokenizer.pad_id, precision)
-    test.ref_logps = all_row_logprobs(model, test, tokenizer.pad_id, precision)
-    print(f"[dpo] {len(train.record_ends):,} train / {len(test.record_ends):,} held-out prompts, "
-          f"{len(train.pairs):,} / {len(test.pairs):,} pairs, loss={dcfg.loss}, beta={dcfg.beta}; "
-          f"reference log-probs of {len(train.rows) + len(test.rows):,} responses in {time.perf_counter() - t_ref:.1f}s"
-          + (f"; {train.n_cut + test.n_cut} responses cut to {seq_len + 1} tokens" if train.n_cut + test.n_cut else ""))
-
-    val = test.head(tcfg.eval_batches * tcfg.batch_size)  # prompts scored at each evaluation
-
-    def evaluate(m) -> dict:
-        metrics = pair_metrics(val, row_logprobs(m, val, tokenizer.pad_id, precision), dcfg.beta,
-                               dcfg.label_smoothing, dcfg.loss)
-        return {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
-
-    trainer = Trainer(
-        model, tcfg, stage_dir,
-        get_batch=lambda step, micro: dpo_batch(train, tcfg.batch_size, tokenizer.pad_id, tcfg.seed, step, micro,
-                                                distributed.rank(), distributed.world_size()),
-        loss_fn=lambda m, b: dpo_batch_loss(m, b, dcfg.beta, dcfg.label_smoothing, dcfg.loss),
-        evaluate=evaluate if len(val.pairs) or len(val.gold_pairs) else None,
-        tokenizer_file=tokenizer_file, device=device, stage="dpo", show_progress=show_progress,
-    )
-    result, model = trainer.fit_to_end()
-    if model is None:  # under torchrun, rank 0 alone writes the model and evaluates it
-        return {}
-    write_model_dir(stage_dir, model, tokenizer_file, {
-        "stage": "dpo", "step": result.step, "init": str(init_dir), "loss": dcfg.loss, "beta": dcfg.beta,
-    })
-    from picochat.core.chat import write_tokenizer_config
-
-    write_tokenizer_config(stage_dir)
-
-    model.eval()
-    held_out = pair_metrics(test, row_logprobs(model, test, tokenizer.pad_id, precision), dcfg.beta,
-                            dcfg.label_smoothing, dcfg.loss) if test.rows else {}
-    summary = {
-        "stage": "dpo",
-        "init": str(init_dir),
-        "loss": dcfg.loss,
-        "beta": dcfg.beta,
-        "label_smoothing": dcfg.label_smoothing,
-        "n_train_prompts": len(train.record_ends),
-        "n_test_prompts": len(test.record_ends),
-        "n_train_pairs": len(train.pairs),
-        "n_invalid_records": len(problems),
-        "n_cut": train.n_cut + test.n_cut,
-        "n_dropped_pairs": train.n_dropped_pairs + test.n_dropped_pairs,  # a response cut off entirely
-        **result.figures(),
-        **{f"val_{k}": v for k, v in held_out.items()},  # all held-out prompts, after training
-    }
-    if dcfg.eval_prompts > 0:
-        summary.update(_after_training_evals(cfg, out, model, tokenizer, test_records or train_records,
-                                             init_dir, device, precision, show_progress, stage_dir))
-    summary["wall_s"] = time.perf_counter() - t0
-    return summary
-
-
-def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device, precision, show_progress,
-                          stage_dir) -> dict:
-    """Gold scores on held-out world prompts (built-in world only, as SFT measures them), for the
-    DPO model and its reference on the same prompts and seeds, and the KL from the reference."""
-    from picochat.core.chat import render_prompt
-
-    dcfg = cfg.dpo
-    summary: dict = {}
-    reference, _ = load_model(init_dir, device)
-    reference.eval()
-    world_test = out / "world" / "chat_test.jsonl"
-    if not dcfg.sources and world_test.exists():
-        from picochat.eval.gold_eval import evaluate_gold, gold_gains, gold_summary
-        from picochat.train.sft import held_out_subset
-        from picochat.world import GoldScorer, read_chat_examples, read_world
-
-        examples = held_out_subset(read_chat_examples(world_test), dcfg.eval_prompts)
-        scorer = GoldScorer(read_world(out / "world" / "world.json")[0])
-        k = dcfg.eval_samples
-        kwargs = dict(precision=precision, max_new_tokens=dcfg.eval_max_new_tokens, n_samples=k,
-                      seed=dcfg.train.seed, show_progress=show_progress)
-        after = evaluate_gold(model, tokenizer, examples, scorer, label="dpo", **kwargs)
-        before = evaluate_gold(reference, tokenizer, examples, scorer, label="reference", **kwargs)
-        lines = ["# DPO model answers to held-out prompts (greedy)\n"]
-        for a, b in list(zip(after["examples"], before["examples"]))[:12]:
-            lines.append(f"## [{a['task']}/{a['lang']}] {a['prompt']}\n\n- **DPO** (gold {a['score']:.2f}): "
-                         f"{a['answer']}\n- **reference** (gold {b['score']:.2f}): {b['answer']}\n")
-        atomic_write_text(stage_dir / "samples.md", "\n".join(lines))
-        for ex in after["examples"][:6]:
-            print(f"  user: {ex['prompt']}\n  dpo:  {ex['answer']}   (gold {ex['score']:.2f})")
-        summary.update({
-            "gold_score": after["greedy"],
-            "gold_score_sampled": after.get("sampled"),
-            f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
-            "gold_score_sft": before["greedy"],  # the reference (starting) model, same prompts and seeds (as PPO)
-            "gold_score_sft_sampled": before.get("sampled"),
-            **gold_gains(after, before),
-            "gold": gold_summary(after),
-            "gold_sft": gold_summary(before),
-        })
-        prompts = [e.prompt() for e in examples]
-    else:  # the held-out preference prompts, each once
-        seen, prompts = set(), []
-        for r in records:
-            key = prompt_key(r.prompt) if r.prompt is not None else None
-            if key is not None and key not in seen and r.prompt[-1]["role"] == "user":
-                seen.add(key)
-                prompts.append(r.prompt)
-        room = model.cfg.max_seq_len - dcfg.eval_max_new_tokens
-        prompts = [p for p in prompts if len(render_prompt(tokenizer, p)) <= room][: dcfg.eval_prompts]
-    if prompts:
-        kl = sampled_kl(model, reference, tokenizer, prompts, precision, n_samples=dcfg.kl_samples,
-                        max_new_tokens=dcfg.eval_max_new_tokens, seed=dcfg.train.seed)
-        summary.update({
-            "kl": kl["mean"],  # per response, nats: E_{y~pi} sum_t log pi(y_t) - log pi_ref(y_t)
-            "kl_stderr": kl["stderr"],
-            "kl_tokenwise": kl["mean_tokenwise"],  # same quantity, lower-variance estimator
-            "kl_tokenwise_stderr": kl["stderr_tokenwise"],
-            "kl_prompts": kl["n_prompts"],
-            "response_tokens": kl["mean_response_tokens"],
-            "finished_rate": kl["finished_rate"],
-        })
-    return summary

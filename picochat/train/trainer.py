@@ -28,15 +28,14 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from picochat.core import distributed
-from picochat.core.checkpoint import load_checkpoint_state, save_checkpoint
+from picochat.algos.schedule import lr_at
 from picochat.config import TrainConfig
+from picochat.core import distributed, parallel
+from picochat.core.checkpoint import load_checkpoint_state, save_checkpoint
 from picochat.core.io import MetricsLog
 from picochat.core.model import GPT
-from picochat.core import parallel
-from picochat.train.contention import StepTimeWatch
 from picochat.core.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
-from picochat.algos.schedule import lr_at
+from picochat.train.contention import StepTimeWatch
 
 Batch = dict[str, torch.Tensor]
 

@@ -1,0 +1,106 @@
+"""The one stage registry: each stage's name, the config sections and stages it reads, and the
+function that runs it; and from that, each stage's fingerprint and status in a run directory.
+
+A stage is complete when its `summary.json` exists and its `stage.json` carries the stage's
+fingerprint: a hash of the config sections it reads and of the fingerprints of the stages it
+reads from. A complete stage whose fingerprint still matches is reused; a stage whose inputs
+changed is redone (and so is everything downstream, since their fingerprints change too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from picochat.config import RunConfig
+from picochat.layout import STAGE_NAMES, stage_reference
+from picochat.stages import dpo, label, ppo, pretrain, rm, sft, tokenizer, world
+from picochat.stages.tokenizer import tokenizer_corpus
+
+StageRun = Callable[[RunConfig, Path, bool], dict]  # (cfg, run directory, show_progress) -> summary
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # config sections the stage reads
+    upstream: tuple[str, ...]  # stages whose outputs it may read (upstream_of says which it does)
+    run: StageRun
+    distributed: bool = False  # under torchrun all processes run it (training); else rank 0 alone
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("world", ("world", "chat"), (), world.run),
+        Stage("tokenizer", ("tokenizer",), ("world",), tokenizer.run),
+        Stage("pretrain", ("model", "pretrain"), ("tokenizer",), pretrain.run, distributed=True),
+        Stage("sft", ("sft",), ("pretrain", "world"), sft.run, distributed=True),
+        Stage("label", ("label",), ("sft", "world"), label.run),
+        Stage("rm", ("rm",), ("label", "sft"), rm.run, distributed=True),
+        Stage("ppo", ("ppo",), ("sft", "rm", "world"), ppo.run, distributed=True),
+        Stage("dpo", ("dpo",), ("sft", "label", "world"), dpo.run, distributed=True),
+    )
+}
+assert tuple(STAGES) == STAGE_NAMES, "layout.STAGE_NAMES and the registry list the stages in one order"
+
+
+def stage_fingerprint(name: str, cfg: RunConfig) -> str:
+    stage = STAGES[name]
+    d = cfg.to_dict()
+    parts = {s: d[s] for s in stage.sections}
+    for section in parts.values():
+        # DDP or FSDP changes how the work is spread over processes, not what it computes: a stage
+        # done (or checkpointed) under one is reused (or resumed) under the other.
+        if isinstance(section, dict) and isinstance(section.get("train"), dict):
+            section["train"].pop("parallel", None)
+    if name == "tokenizer" and not cfg.tokenizer.sources and cfg.pretrain.sources:
+        parts["corpus"] = tokenizer_corpus(cfg)[:2]  # it learns from the pretraining corpus
+    parts["upstream"] = [stage_fingerprint(u, cfg) for u in upstream_of(name, cfg)]
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def upstream_of(name: str, cfg: RunConfig) -> list[str]:
+    """The stages whose outputs stage `name` reads under this config. The built-in world is read
+    only when no data files of one's own are configured; a model setting (`rm.init`, ...) reads
+    the stage it names (its default stage when empty) and no stage when it is a directory."""
+    stage = STAGES[name]
+    if name == "tokenizer":
+        needed = {"world"} if not tokenizer_corpus(cfg)[0] else set()
+    elif name == "sft":
+        needed = {stage_reference(cfg.sft.init, "pretrain"), "world" if not cfg.sft.sources else None}
+    elif name == "rm":
+        needed = {stage_reference(cfg.rm.init, "sft"), "label" if not cfg.rm.sources else None}
+    elif name == "ppo":
+        reward = stage_reference(cfg.ppo.reward_model, "rm")
+        needed = {stage_reference(cfg.ppo.init, "sft"), reward, stage_reference(cfg.ppo.value_init, reward),
+                  "world" if not cfg.ppo.prompts else None}
+    elif name == "dpo":
+        needed = {stage_reference(cfg.dpo.init, "sft")} | ({"label", "world"} if not cfg.dpo.sources else set())
+    else:
+        needed = set(stage.upstream)
+    return [u for u in stage.upstream if u in needed] + [u for u in STAGES if u in needed and u not in stage.upstream]
+
+
+def run_stages(cfg: RunConfig) -> list[str]:
+    """The stages this run has (`stages:` in the config; empty = all), checked, in pipeline order."""
+    names = list(cfg.stages) or list(STAGES)
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)} in stages; stages are: {', '.join(STAGES)}")
+    return [n for n in STAGES if n in names]
+
+
+def stage_status(name: str, cfg: RunConfig, out: Path) -> str:
+    """'done' (complete, inputs unchanged), 'stale' (outputs from other inputs), or 'todo'."""
+    stage_dir = out / name
+    marker = stage_dir / "stage.json"
+    if not marker.exists():
+        return "stale" if stage_dir.exists() and any(stage_dir.iterdir()) else "todo"
+    if json.loads(marker.read_text())["fingerprint"] != stage_fingerprint(name, cfg):
+        return "stale"
+    return "done" if (stage_dir / "summary.json").exists() else "todo"
