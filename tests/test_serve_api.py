@@ -20,9 +20,10 @@ pytest.importorskip("uvicorn")
 from picochat.cli.chat import cmd_chat  # noqa: E402
 from picochat.core.model import GPT, ModelConfig  # noqa: E402
 from picochat.reward_model import RewardModel  # noqa: E402
-from picochat.serve.api import Service, create_app  # noqa: E402
+from picochat.serve.api import create_app  # noqa: E402
 from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.limits import ServeLimits  # noqa: E402
+from picochat.serve.service import Service  # noqa: E402
 from serve_support import ANSWERS, LiveServer, memorizer, prompt_ids  # noqa: E402
 
 KEY = "sk-test-key"

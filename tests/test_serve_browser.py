@@ -17,9 +17,10 @@ sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("fastapi")
 
 from picochat.data.preferences import read_preferences  # noqa: E402
-from picochat.serve.api import Service, create_app  # noqa: E402
+from picochat.serve.api import create_app  # noqa: E402
 from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.labeling import LabelStore  # noqa: E402
+from picochat.serve.service import Service  # noqa: E402
 from picochat.train.reward import EncodedRecord, load_preference_splits  # noqa: E402
 from serve_support import ANSWERS, LiveServer, memorizer  # noqa: E402
 

@@ -18,10 +18,11 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from picochat.serve.api import Service, create_app  # noqa: E402
+from picochat.serve.api import create_app  # noqa: E402
 from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.labeling import LabelStore  # noqa: E402
 from picochat.serve.limits import ServeLimits  # noqa: E402
+from picochat.serve.service import Service  # noqa: E402
 from serve_support import LiveServer, memorizer  # noqa: E402
 
 MODEL = "picochat-test"

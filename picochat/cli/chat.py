@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TextIO
 
 import torch
 
+from picochat.cli.chat_remote import RemoteReplier
 from picochat.core.chat import render_prompt
 from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT
+from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.core.text_stream import IncrementalDecoder
 from picochat.core.tokenizer import Tokenizer
-from picochat.core.precision import autocast
+from picochat.layout import load_model_and_tokenizer
 
 USER_MARK = "you> "
 BOT_MARK = "bot> "
@@ -49,24 +50,22 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible replies")
 
 
-def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def cmd_chat(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout  # looked up per call: tests and pipes replace them
     """Load the model of `args.ckpt` (or connect to `args.url`) and chat until /quit or end of
     input. Returns an exit code."""
     if (args.ckpt is None) == (args.url is None):
         raise ValueError("give either --ckpt DIR (a local model) or --url URL (a running server)")
-    if args.url:
-        from picochat.cli.chat_remote import RemoteReplier
+    replier = RemoteReplier(args, stdout) if args.url else local_replier(args, stdout)
+    chat_loop(replier, args.system, stdin, stdout)
+    return 0
 
-        replier = RemoteReplier(args, stdout)
-        chat_loop(replier, args.system, stdin, stdout)
-        return 0
-    from picochat.layout import load_model
-    from picochat.core.precision import default_device, resolve_precision
 
+def local_replier(args, stdout: TextIO) -> LocalReplier:
+    """The model of `args.ckpt`, loaded on the best device, with the sampling the options ask for."""
     device = default_device()
-    model, meta = load_model(args.ckpt, device)
+    model, tokenizer, _ = load_model_and_tokenizer(args.ckpt, device)
     model.eval()
-    tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
     max_new_tokens = args.max_new_tokens
     if max_new_tokens > model.cfg.max_seq_len // 2:
         # A reply may not take the whole context: leave at least half of it for the conversation.
@@ -82,9 +81,7 @@ def cmd_chat(args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> in
         top_p=args.top_p if args.top_p and args.top_p < 1 else None,
         stop_ids=(tokenizer.im_end_id, tokenizer.eot_id),
     )
-    replier = LocalReplier(model, tokenizer, sampling, resolve_precision("auto", device))
-    chat_loop(replier, args.system, stdin, stdout)
-    return 0
+    return LocalReplier(model, tokenizer, sampling, resolve_precision("auto", device))
 
 
 def fit_history(tokenizer: Tokenizer, system: str | None, history: list[dict], max_prompt_tokens: int
@@ -173,38 +170,44 @@ def chat_loop(reply, system: str | None, stdin: TextIO, stdout: TextIO) -> None:
     history: list[dict] = []
     stdout.write(HELP + "\n")
     while True:
-        stdout.write(USER_MARK)
-        stdout.flush()
-        try:
-            line = stdin.readline()
-        except KeyboardInterrupt:
-            stdout.write("\n")
-            return
-        if not line:  # end of input
-            stdout.write("\n")
-            return
-        text = line.rstrip("\r\n")
-        if echo:
-            stdout.write(text + "\n")
-        command = text.strip()
-        if not command:
-            continue
-        if command == "/quit":
+        command = read_line(stdin, stdout, echo)
+        if command is None or command == "/quit":
             return
         if command == "/reset":
             history.clear()
             stdout.write("(conversation cleared)\n")
-            continue
+        elif command:
+            take_turn(reply, system, history, command, stdout)
 
-        history.append({"role": "user", "content": command})
-        try:
-            answer = reply(system, history, stdout)
-        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
-            history.pop()
-            stdout.write("\n(interrupted)\n")
-            continue
-        if answer is None:
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": answer})
+
+def read_line(stdin: TextIO, stdout: TextIO, echo: bool) -> str | None:
+    """The user's next line, stripped, after the prompt mark; None at end of input (or Ctrl-C)."""
+    stdout.write(USER_MARK)
+    stdout.flush()
+    try:
+        line = stdin.readline()
+    except KeyboardInterrupt:
+        line = ""
+    if not line:  # end of input
         stdout.write("\n")
+        return None
+    text = line.rstrip("\r\n")
+    if echo:
+        stdout.write(text + "\n")
+    return text.strip()
+
+
+def take_turn(reply, system: str | None, history: list[dict], text: str, stdout: TextIO) -> None:
+    """Answer one user message; the conversation keeps the message only when it got an answer."""
+    history.append({"role": "user", "content": text})
+    try:
+        answer = reply(system, history, stdout)
+    except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
+        history.pop()
+        stdout.write("\n(interrupted)\n")
+        return
+    if answer is None:
+        history.pop()
+        return
+    history.append({"role": "assistant", "content": answer})
+    stdout.write("\n")

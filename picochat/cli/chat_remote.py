@@ -7,6 +7,7 @@ dropped and the request retried, as the local chat does before it samples.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TextIO
 
 from picochat.serve.client import ChatClient, ServerError, ServerUnreachable
@@ -15,6 +16,9 @@ BOT_MARK = "bot> "
 
 
 class RemoteReplier:
+    """Answers through a server's /v1/chat/completions, streaming the reply as it arrives; the
+    same interface as the local chat's `LocalReplier`."""
+
     def __init__(self, args, stdout: TextIO):
         self.client = ChatClient(args.url, api_key=args.api_key, model=args.model)
         max_tokens = args.max_new_tokens
@@ -32,24 +36,10 @@ class RemoteReplier:
 
     def __call__(self, system: str | None, history: list[dict], stdout: TextIO) -> str | None:
         head = [{"role": "system", "content": system}] if system else []
-        dropped = 0
-        while True:
-            pieces = self.client.stream_chat(head + history, **self.params)
-            try:
-                first = next(pieces, "")  # the request is sent here: errors come before any text
-            except ServerError as e:
-                if e.code == "context_length_exceeded" and len(history) > 1:
-                    del history[0]  # the oldest user message ...
-                    if len(history) > 1 and history[0]["role"] == "assistant":
-                        del history[0]  # ... and the reply to it
-                    dropped += 1
-                    continue
-                stdout.write(f"(the server could not answer: {e.message})\n")
-                return None
-            except ServerUnreachable as e:
-                stdout.write(f"({e})\n")
-                return None
-            break
+        started = self._start(head, history, stdout)
+        if started is None:
+            return None
+        pieces, first, dropped = started
         if dropped:
             stdout.write(f"(the conversation is longer than the model's context; "
                          f"forgot the oldest {dropped} turn{'s' if dropped > 1 else ''})\n")
@@ -64,3 +54,25 @@ class RemoteReplier:
         except (ServerError, OSError) as e:  # the server went away mid-answer: keep what arrived
             stdout.write(f"\n(the answer was cut off: {e})")
         return reply
+
+    def _start(self, head: list[dict], history: list[dict], stdout: TextIO) -> tuple[Iterator[str], str, int] | None:
+        """Send the conversation, dropping its oldest turns (in place) while the server says it does
+        not fit: (the answer's remaining pieces, its first piece, turns dropped), or None when the
+        server cannot answer (said on stdout)."""
+        dropped = 0
+        while True:
+            pieces = self.client.stream_chat(head + history, **self.params)
+            try:
+                return pieces, next(pieces, ""), dropped  # the request is sent here: errors come before any text
+            except ServerError as e:
+                if e.code == "context_length_exceeded" and len(history) > 1:
+                    del history[0]  # the oldest user message ...
+                    if len(history) > 1 and history[0]["role"] == "assistant":
+                        del history[0]  # ... and the reply to it
+                    dropped += 1
+                    continue
+                stdout.write(f"(the server could not answer: {e.message})\n")
+                return None
+            except ServerUnreachable as e:
+                stdout.write(f"({e})\n")
+                return None

@@ -9,6 +9,7 @@ A file may hold preference records (every response of each record is scored, in 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,12 +19,25 @@ from picochat.data.preferences import parse_record
 from picochat.data.readers import CorpusError, iter_json_lines
 from picochat.reward_model import RewardModel
 
+HELP = "score answers with a reward model"
+DESCRIPTION = "Score (prompt, response) pairs with a trained reward model (normalised scores)."
+
+
+def add_score_arguments(sc: argparse.ArgumentParser) -> None:
+    sc.add_argument("--ckpt", required=True, help="reward model directory, e.g. runs/tiny/rm")
+    sc.add_argument("--prompt", help="the user message")
+    sc.add_argument("--response", action="append", help="a response to score (repeat to compare several)")
+    sc.add_argument("--file", help="JSONL of preference records or {\"prompt\", \"response\"} lines; "
+                    "scores go to stdout")
+    sc.add_argument("--raw", action="store_true", help="print raw scores, without the fitted normalisation")
+
 
 def _prompt_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
-def cmd_score(args, stdout=sys.stdout) -> int:
+def cmd_score(args, stdout=None) -> int:
+    stdout = stdout or sys.stdout  # looked up per call: tests and pipes replace sys.stdout
     rm = RewardModel.load(args.ckpt, default_device())
     normalized = not args.raw
     if args.file:
@@ -37,7 +51,8 @@ def cmd_score(args, stdout=sys.stdout) -> int:
                 record = parse_record(obj, where)
                 prompt, responses = record.prompt, record.responses
             scores = rm.score([prompt] * len(responses), responses, normalized=normalized)
-            stdout.write(json.dumps({**(obj if isinstance(obj, dict) else {}), "scores": scores}, ensure_ascii=False) + "\n")
+            scored = {**(obj if isinstance(obj, dict) else {}), "scores": scores}
+            stdout.write(json.dumps(scored, ensure_ascii=False) + "\n")
         return 0
     if not args.prompt or not args.response:
         raise ValueError("give --prompt and at least one --response, or --file")

@@ -17,12 +17,19 @@ import os
 import sys
 from pathlib import Path
 
+from picochat.core.precision import default_device, resolve_precision
+from picochat.layout import load_model_and_tokenizer
+from picochat.reward_model import RewardModel
+from picochat.serve.engine import BatchEngine
+from picochat.serve.hosts import HostPolicy, host_policy
+from picochat.serve.labeling import LabelStore, context_check, read_label_prompts
+from picochat.serve.limits import ServeLimits
+from picochat.serve.service import Service
+
 API_KEY_ENV = "PICOCHAT_API_KEY"
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    from picochat.serve.limits import ServeLimits
-
     d = ServeLimits()
     p.add_argument("--ckpt", required=True, help="model directory or stage directory, e.g. runs/tiny/sft")
     p.add_argument("--rm", default=None, help="reward model directory (enables POST /v1/score), e.g. runs/tiny/rm")
@@ -98,26 +105,15 @@ def default_label_out(ckpt: str | Path) -> Path:
     return Path("human_preferences.jsonl")
 
 
-def build_service(args, api_key: str | None, hosts):
+def build_service(args, api_key: str | None, hosts: HostPolicy) -> tuple[Service, str]:
     """Load the model(s) and assemble the Service the app serves (engine not yet started);
-    `hosts` is the HostPolicy (hosts.host_policy)."""
-    from picochat.layout import load_model
-    from picochat.serve.api import Service
-    from picochat.serve.engine import BatchEngine
-    from picochat.serve.limits import ServeLimits
-    from picochat.core.tokenizer import Tokenizer
-    from picochat.core.precision import default_device, resolve_precision
-
+    returns it with the precision the engine runs in."""
     device = default_device()
-    model, meta = load_model(args.ckpt, device)
+    model, tokenizer, meta = load_model_and_tokenizer(args.ckpt, device)
     if model.cfg.head != "lm":
         raise ValueError(f"{meta['model_dir']} is a reward/value model (head={model.cfg.head!r}); pass it as --rm "
                          "and give a chat model as --ckpt")
-    tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
-    # Measured on a 2-core Xeon with AMX (tiny preset): one decode step of one row takes 5.0 ms in
-    # fp32 and 10.8 ms under bf16 autocast, of 16 rows 12.3 vs 15.1 ms: the casts cost more than
-    # the bf16 matmuls save at this size. Training (large batches) is the other way round.
-    precision = "fp32" if args.precision == "auto" and device.type == "cpu" else resolve_precision(args.precision, device)
+    precision = serving_precision(args.precision, device)
     engine = BatchEngine(model, tokenizer, max_batch_rows=args.max_batch_rows, max_queue=args.max_queue,
                          batching=not args.no_batching, precision=precision, threads=args.threads)
     limits = ServeLimits(max_n=args.max_n, max_messages=args.max_messages, max_chars=args.max_chars,
@@ -126,30 +122,39 @@ def build_service(args, api_key: str | None, hosts):
     service = Service(engine=engine, tokenizer=tokenizer, model_name=name, limits=limits, api_key=api_key,
                       hosts=hosts)
     if args.rm:
-        from picochat.reward_model import RewardModel
-
         service.reward_model = RewardModel.load(args.rm, device)
         service.reward_name = f"picochat-{Path(args.rm).resolve().name}"  # e.g. picochat-rm
     if not args.no_label:
-        from picochat.serve.labeling import LabelStore, context_check, read_label_prompts
-
-        fits = context_check(tokenizer, model.cfg.max_seq_len)  # prompts too long to answer are skipped
-        prompts = read_label_prompts(args.label_prompts, check=fits) if args.label_prompts else []
-        out = Path(args.label_out) if args.label_out else default_label_out(args.ckpt)
-        service.labeling = LabelStore(out, prompts, k=args.label_k, check=fits)
+        service.labeling = label_store(args, tokenizer, model.cfg.max_seq_len)
     return service, precision
 
 
+def serving_precision(choice: str, device) -> str:
+    """--precision: auto is fp32 on a CPU, else what the device does best (core.precision)."""
+    # Measured on a 2-core Xeon with AMX (tiny preset): one decode step of one row takes 5.0 ms in
+    # fp32 and 10.8 ms under bf16 autocast, of 16 rows 12.3 vs 15.1 ms: the casts cost more than
+    # the bf16 matmuls save at this size. Training (large batches) is the other way round.
+    if choice == "auto" and device.type == "cpu":
+        return "fp32"
+    return resolve_precision(choice, device)
+
+
+def label_store(args, tokenizer, context: int) -> LabelStore:
+    """The labeling queue: --label-prompts (those too long to answer are skipped), rankings to --label-out."""
+    fits = context_check(tokenizer, context)
+    prompts = read_label_prompts(args.label_prompts, check=fits) if args.label_prompts else []
+    out = Path(args.label_out) if args.label_out else default_label_out(args.ckpt)
+    return LabelStore(out, prompts, k=args.label_k, check=fits)
+
+
 def cmd_serve(args) -> int:
-    try:
+    try:  # lazy: the serve extra; `picochat --help` and the other commands must work without it
         import uvicorn
 
         from picochat.serve.api import create_app
     except ImportError as e:
         raise RuntimeError(f"serving needs FastAPI and uvicorn ({e}); install them with "
                            "`pip install 'picochat[serve]'`") from None
-    from picochat.serve.hosts import host_policy
-
     api_key = resolve_api_key(args)
     hosts = host_policy(args.host, args.allowed_hosts, api_key_set=api_key is not None)  # before the model loads
     if not _is_loopback(args.host) and not api_key:
@@ -157,13 +162,25 @@ def cmd_serve(args) -> int:
               f"address can use the model (set {API_KEY_ENV})", file=sys.stderr)
     service, precision = build_service(args, api_key, hosts)
     app = create_app(service)
+    print_banner(args, service, precision)
+    service.engine.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3)
+    finally:
+        service.engine.stop()
+    return 0
+
+
+def print_banner(args, service: Service, precision: str) -> None:
+    """What is served where: the model, the URLs, who may connect, the reward model and labeling."""
     shown = "127.0.0.1" if args.host.strip("[]") in ("0.0.0.0", "::", "") else args.host  # an address to open
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}"
+    hosts = service.hosts
     print(f"[serve] {service.model_name} ({service.context}-token context, {precision}, "
           f"{'batching up to ' + str(args.max_batch_rows) + ' rows' if not args.no_batching else 'no batching'})")
     print(f"[serve] chat page {url}/   API {url}/v1   health {url}/health")
     print(f"[serve] answers to host names: {'any' if hosts.any_host else ', '.join(sorted(hosts.names))}; "
-          f"API key {'required' if api_key else 'not required'}")
+          f"API key {'required' if service.api_key else 'not required'}")
     if service.reward_model is not None:
         print(f"[serve] reward model {service.reward_name}: POST {url}/v1/score")
     if service.labeling is not None:
@@ -172,12 +189,6 @@ def cmd_serve(args) -> int:
         print(f"[serve] labeling page {url}/label: {p['labeled']}/{p['total']} prompts labeled; rankings go to "
               f"{store.out}")
         print(f"[serve] train a reward model on them: picochat rm --out RUN rm.sources=[{store.out}]")
-    service.engine.start()
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3)
-    finally:
-        service.engine.stop()
-    return 0
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,7 +14,7 @@ import json
 import threading
 import weakref
 from collections import deque
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -52,7 +52,7 @@ class EventRelay:
             queue.put_nowait(item)
 
 
-_relays: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventRelay]" = weakref.WeakKeyDictionary()
+_relays: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventRelay] = weakref.WeakKeyDictionary()
 
 
 def relay_for(loop: asyncio.AbstractEventLoop) -> EventRelay:

@@ -26,17 +26,17 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from picochat.core.generate import sample_logits
 from picochat.core.model import GPT, KVCache
-from picochat.serve.slot_cache import SlotCache
+from picochat.core.precision import autocast
 from picochat.core.text_stream import IncrementalDecoder, StopStringFilter
 from picochat.core.tokenizer import Tokenizer
-from picochat.core.precision import autocast
+from picochat.serve.slot_cache import SlotCache
 
 log = logging.getLogger("picochat.serve")
 
@@ -142,7 +142,7 @@ class BatchEngine:
 
     # ---- public API (any thread) -------------------------------------------------------------
 
-    def start(self) -> "BatchEngine":
+    def start(self) -> BatchEngine:
         self._thread = threading.Thread(target=self._loop, name="picochat-engine", daemon=True)
         self._thread.start()
         return self

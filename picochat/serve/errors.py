@@ -38,7 +38,7 @@ class APIError(Exception):
         return json.dumps(self.body()).encode("utf-8")
 
     def response(self):
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse  # lazy: limits.py and hosts.py (the CLI) need no FastAPI
 
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
@@ -67,6 +67,7 @@ def _describe_validation(errors: list[dict]) -> tuple[str, str | None, bool]:
 
 def install_error_handlers(app) -> None:
     """Make every error of `app` (a FastAPI app) answer in OpenAI's shape."""
+    # lazy: this module is imported by the CLI's argument parsing, which must work without FastAPI
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException

@@ -28,11 +28,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from picochat.core.chat import ChatFormatError, render_prompt, validate_messages
+from picochat.core.io import atomic_write_json
 from picochat.data.preferences import (
-    DEFAULT_MAX_K, PreferenceError, append_record, parse_record, prompt_key, read_preferences, repair_torn_tail,
+    DEFAULT_MAX_K,
+    PreferenceError,
+    append_record,
+    parse_record,
+    prompt_key,
+    read_preferences,
+    repair_torn_tail,
 )
 from picochat.data.readers import CorpusError, iter_json_lines
-from picochat.core.io import atomic_write_json
 
 log = logging.getLogger("picochat.serve")
 

@@ -11,12 +11,22 @@ each by a field validator so that the error names it.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator, \
-    model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from picochat.core.chat import ChatFormatError, validate_messages
 from picochat.serve.errors import APIError
 
 INT64 = 2**63
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 
 
 class TextPart(BaseModel):
@@ -48,6 +58,16 @@ class ChatMessage(BaseModel):
             raise APIError(400, f"message content of type {', '.join(kinds)} is not supported; send text",
                            param="messages")
         return "".join(p.text or "" for p in self.content)
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[dict]:
+    """A request's messages as picochat's conversation ({"role", "content"} dicts), checked
+    by the chat template's rules (400 naming `messages` if they break one)."""
+    converted = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.text()} for m in messages]
+    try:
+        return validate_messages(converted, where="messages")
+    except ChatFormatError as e:
+        raise APIError(400, str(e), param="messages") from None
 
 
 class StreamOptions(BaseModel):
