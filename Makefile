@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   create .venv, install picochat, run the whole pipeline on the built-in data
-#   make test   create .venv, install picochat with test extras, run the test suite
+#   make test   create .venv, install picochat with test extras, lint (ruff), run the test suite
 # TORCH picks the PyTorch build: the default pins the CPU build this project is tested with;
 # on a GPU machine use e.g. `make demo TORCH=torch` (or install torch yourself first).
 PYTHON ?= python3
@@ -23,6 +23,7 @@ demo: install
 	$(VENV)/bin/picochat run --preset $(PRESET) --out $(OUT)
 
 test: install
+	$(VENV)/bin/ruff check picochat tests bench examples
 	$(VENV)/bin/python -m pytest -q
 
 clean:

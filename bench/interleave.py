@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def interleaved_times(contenders: dict[str, Callable[[], object]], *, warmup: int, windows: int,

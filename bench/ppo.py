@@ -39,8 +39,8 @@ from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, median
 from bench.report import emit_json, format_table
 from picochat.config import build_config, parse_overrides
-from picochat.core.prompt import encode_prompt
 from picochat.core.precision import autocast
+from picochat.core.prompt import encode_prompt
 from picochat.train.ppo import PPOTrainer as PicochatPPO
 
 STAGES_READ = ("sft", "rm", "world")  # what a PPO iteration reads from a run directory

@@ -147,7 +147,8 @@ def run(args) -> dict:
                 steps = after["decode_steps"] - before["decode_steps"]
                 rows.append({"batching": "on" if batching else "off", "clients": n, **result,
                              "mean_batch_rows": (after["rows_stepped"] - before["rows_stepped"]) / max(steps, 1)})
-                print(f"[serve] batching {'on ' if batching else 'off'} N={n:2d}: {result['tokens_per_s']:7.1f} tokens/s, "
+                mode = "on " if batching else "off"
+                print(f"[serve] batching {mode} N={n:2d}: {result['tokens_per_s']:7.1f} tokens/s, "
                       f"p50 {result['latency_p50_ms']:6.0f} ms, p95 {result['latency_p95_ms']:6.0f} ms", flush=True)
         finally:
             proc.terminate()

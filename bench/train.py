@@ -62,7 +62,8 @@ def sizes() -> dict[str, Size]:
         "tiny": Size(tiny.model, tiny.pretrain.train.batch_size, tiny.pretrain.seq_len, tiny.pretrain.train),
         # a bigger one, ~27M matmul parameters: where matmuls dominate the step
         "d512": Size(ModelConfig(vocab_size=tiny.model.vocab_size, d_model=512, n_layers=8, n_heads=8, n_kv_heads=8,
-                                 ffn_hidden=1408, max_seq_len=256), batch_size=8, seq_len=256, train=tiny.pretrain.train),
+                                 ffn_hidden=1408, max_seq_len=256),
+                     batch_size=8, seq_len=256, train=tiny.pretrain.train),
     }
 
 

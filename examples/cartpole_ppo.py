@@ -134,7 +134,8 @@ def evaluate(agent: Agent, env_id: str, episodes: int, seed: int) -> list[float]
     return returns
 
 
-def train(total_timesteps: int = Args.total_timesteps, seed: int = Args.seed, verbose: bool = True, **overrides) -> dict:
+def train(total_timesteps: int = Args.total_timesteps, seed: int = Args.seed, verbose: bool = True,
+          **overrides) -> dict:
     """Train PPO; returns {"final_eval_return", "steps", "seconds", "episode_returns", ...}.
 
     overrides: any other field of Args (num_envs=8, ent_coef=0.0, eval_episodes=0, ...).
@@ -216,7 +217,7 @@ def train(total_timesteps: int = Args.total_timesteps, seed: int = Args.seed, ve
         b_obs, b_actions, b_logprobs = obs.reshape(-1, obs_dim), actions.reshape(-1), logprobs.reshape(-1)
         b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
         ones = torch.ones(minibatch_size)  # every transition is valid: the mask of a full row
-        for epoch in range(args.update_epochs):
+        for _epoch in range(args.update_epochs):
             permutation = torch.randperm(batch_size)
             for start in range(0, batch_size, minibatch_size):
                 mb = permutation[start:start + minibatch_size]
@@ -246,7 +247,8 @@ def train(total_timesteps: int = Args.total_timesteps, seed: int = Args.seed, ve
                   f"explained_var {ev:.3f} | lr {optimizer.param_groups[0]['lr']:.2e}")
     envs.close()
 
-    eval_returns = evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 10_000) if args.eval_episodes else []
+    eval_returns = (evaluate(agent, args.env_id, args.eval_episodes, seed=args.seed + 10_000)
+                    if args.eval_episodes else [])
     return {
         "final_eval_return": float(np.mean(eval_returns)) if eval_returns else float("nan"),
         "last_episodes_mean_return": float(np.mean(episode_returns[-20:])) if episode_returns else float("nan"),

@@ -18,9 +18,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from picochat.data.shards import build_shards, load_shards
-from picochat.cli.main import main
-from picochat.world import WorldConfig, write_world
+from picochat.cli.main import main  # noqa: E402  (after the thread settings above)
+from picochat.data.shards import build_shards, load_shards  # noqa: E402
+from picochat.world import WorldConfig, write_world  # noqa: E402
 
 SMALL_WORLD = WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.25)
 
@@ -60,8 +60,8 @@ def world_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def world_tokenizer(world_dir):
-    from picochat.data.readers import iter_corpus
     from picochat.core.tokenizer import train_tokenizer
+    from picochat.data.readers import iter_corpus
 
     return train_tokenizer(iter_corpus([world_dir / "corpus.jsonl"]), vocab_size=512, show_progress=False)
 

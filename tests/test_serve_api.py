@@ -17,6 +17,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serve_support import ANSWERS, LiveServer, memorizer, prompt_ids  # noqa: E402
+
 from picochat.cli.chat import cmd_chat  # noqa: E402
 from picochat.core.model import GPT, ModelConfig  # noqa: E402
 from picochat.reward_model import RewardModel  # noqa: E402
@@ -24,7 +26,6 @@ from picochat.serve.api import create_app  # noqa: E402
 from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.limits import ServeLimits  # noqa: E402
 from picochat.serve.service import Service  # noqa: E402
-from serve_support import ANSWERS, LiveServer, memorizer, prompt_ids  # noqa: E402
 
 KEY = "sk-test-key"
 MODEL = "picochat-test"

@@ -16,13 +16,14 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("fastapi")
 
+from serve_support import ANSWERS, LiveServer, memorizer  # noqa: E402
+
 from picochat.data.preferences import read_preferences  # noqa: E402
 from picochat.serve.api import create_app  # noqa: E402
 from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.labeling import LabelStore  # noqa: E402
 from picochat.serve.service import Service  # noqa: E402
 from picochat.train.reward import EncodedRecord, load_preference_splits  # noqa: E402
-from serve_support import ANSWERS, LiveServer, memorizer  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -8,14 +8,19 @@ import queue
 
 import pytest
 import torch
+from serve_support import ANSWERS, memorizer, prompt_ids
 
 from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT, ModelConfig
-from picochat.serve.engine import (
-    BatchEngine, Delta, Finished, GenerationRequest, QueueFull, SamplingParams,
-)
 from picochat.core.text_stream import IncrementalDecoder, StopStringFilter
-from serve_support import ANSWERS, memorizer, prompt_ids
+from picochat.serve.engine import (
+    BatchEngine,
+    Delta,
+    Finished,
+    GenerationRequest,
+    QueueFull,
+    SamplingParams,
+)
 
 
 class Collector:

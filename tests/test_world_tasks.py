@@ -1,6 +1,7 @@
 """World chat tasks: deterministic, every task and language present, held out by prompt, imperfect
 demonstrations only in train, and references the gold scorer agrees with."""
 
+import importlib
 import json
 import statistics
 
@@ -10,7 +11,7 @@ from picochat.world import (
     ATTRIBUTES, ChatExample, ChatTasksConfig, GoldScorer, WorldConfig, build_world, generate_chat_tasks,
     read_chat_examples, write_chat_tasks,
 )
-from picochat.world.tasks import TASKS, heldout, prompt_key
+from picochat.world.tasks import TASKS, heldout, user_texts
 
 WORLD = WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.05)
 CFG = ChatTasksConfig(n_train=1200, n_test=120)
@@ -75,8 +76,8 @@ def test_answers_short(examples):
 
 def test_test_prompts_held_out(world, examples):
     train, test = _split(examples, "train"), _split(examples, "test")
-    train_keys = {prompt_key(e.messages) for e in train}
-    assert not train_keys & {prompt_key(e.messages) for e in test}
+    train_keys = {user_texts(e.messages) for e in train}
+    assert not train_keys & {user_texts(e.messages) for e in test}
     # No user turn of a test prompt appears anywhere in train, except generic follow-up questions
     # ("And where does she live?") whose subject comes from the turn before.
     train_turns = {m["content"] for e in train for m in e.messages if m["role"] == "user"}
@@ -158,3 +159,9 @@ def test_bad_config_says_what_is_wrong(world):
         generate_chat_tasks(world, ChatTasksConfig(task_mix=(("poetry", 1.0),)))
     with pytest.raises(ValueError, match="zh_fraction"):
         generate_chat_tasks(world, ChatTasksConfig(zh_fraction=1.5))
+
+
+def test_each_task_type_keeps_its_maker_and_its_gold_check_in_one_module():
+    for task in TASKS:
+        module = importlib.import_module(f"picochat.world.tasks.{task}")
+        assert callable(getattr(module, f"make_{task}")) and callable(getattr(module, f"check_{task}")), task

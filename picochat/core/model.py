@@ -76,7 +76,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -140,7 +140,7 @@ def compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def stacked_weight(linears: tuple[nn.Linear, ...], kv_cache: "KVCache | None") -> torch.Tensor:
+def stacked_weight(linears: tuple[nn.Linear, ...], kv_cache: KVCache | None) -> torch.Tensor:
     """One weight matrix for Linears that read the same input, so that one matmul computes them all
     (q/k/v, gate/up): fewer, larger matmuls, and the input is read and cast once instead of per Linear.
 

@@ -57,7 +57,7 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_matmul_peak_flops(precision: str, device_type: str) -> float:
     """FLOP/s of a large square matmul on this machine, measured once per process (≈0.4 s on a laptop CPU).
 

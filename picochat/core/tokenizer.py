@@ -86,7 +86,7 @@ class Tokenizer:
     # ---- persistence -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Load from a tokenizer.json file or a directory containing one."""
         path = Path(path)
         if path.is_dir():

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from picochat.data.readers import find_corpus_files, iter_corpus
 from picochat.core.tokenizer import Tokenizer
+from picochat.data.readers import find_corpus_files, iter_corpus
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,8 @@ def _download(spec: str, key: str, target: Path) -> None:
                                      streaming=bool(opts["limit"]))
     except Exception as e:  # network, unknown name or split: say which setting to change
         raise CorpusError(spec, f"could not load it with datasets.load_dataset ({type(e).__name__}: {e}); "
-                          f"check the name and the network, or pass local files: {key}=[path/to/file.jsonl,...]") from None
+                          f"check the name and the network, or pass local files: "
+                          f"{key}=[path/to/file.jsonl,...]") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     n = 0

@@ -2,7 +2,11 @@
 simulated annotator (`autolabel`)."""
 
 from picochat.feedback.autolabel import (
-    gold_ranking, label_prompts, noisy_ranking, pair_agreement, summarize_labels,
+    gold_ranking,
+    label_prompts,
+    noisy_ranking,
+    pair_agreement,
+    summarize_labels,
     world_label_prompts,
 )
 

@@ -31,13 +31,16 @@ from tqdm.auto import tqdm
 
 from picochat.config import LabelConfig
 from picochat.core.chat import render_prompt
+from picochat.core.generate import SamplingConfig
 from picochat.data.preferences import (
-    PreferenceRecord, append_record, prompt_key, read_preferences, repair_torn_tail,
+    PreferenceRecord,
+    append_record,
+    prompt_key,
+    read_preferences,
+    repair_torn_tail,
 )
 from picochat.eval.gold_eval import answer_prompts
-from picochat.core.generate import SamplingConfig
 from picochat.world.tasks import read_chat_examples
-
 
 # ----------------------------------------------------------------------------------------------
 # The simulated annotator (pure functions).

@@ -22,11 +22,11 @@ from safetensors.torch import save_file
 
 from picochat.core.chat import TOKENIZER_CONFIG_FILE, write_tokenizer_config
 from picochat.core.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_model_dir
-from picochat.hf.llama_config import llama_config_dict
-from picochat.hf.model_card import model_card
 from picochat.core.io import atomic_write, atomic_write_json, atomic_write_text
 from picochat.core.model import GPT, ModelConfig
 from picochat.core.tokenizer import EOT, IM_END, Tokenizer
+from picochat.hf.llama_config import llama_config_dict
+from picochat.hf.model_card import model_card
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GENERATION_CONFIG_FILE = "generation_config.json"

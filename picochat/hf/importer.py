@@ -36,10 +36,10 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from picochat.core.chat import render_chat, render_text, write_tokenizer_config
 from picochat.core.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, write_model_dir
-from picochat.hf import HF_PREFIX
-from picochat.hf.llama_config import UnsupportedModelError, model_config_from_llama
 from picochat.core.model import GPT, ModelConfig
 from picochat.core.tokenizer import REQUIRED_TOKENS, Tokenizer
+from picochat.hf import HF_PREFIX
+from picochat.hf.llama_config import UnsupportedModelError, model_config_from_llama
 
 INDEX_FILE = "model.safetensors.index.json"
 CONVERTER_VERSION = 1  # bump when the conversion changes, so cached imports are redone
@@ -52,7 +52,8 @@ def is_hf_reference(path: str | os.PathLike) -> bool:
 
 
 def cache_root() -> Path:
-    root = os.environ.get("PICOCHAT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "picochat"
+    xdg_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = os.environ.get("PICOCHAT_CACHE") or xdg_cache / "picochat"
     return Path(root) / "hf-import"
 
 

@@ -96,7 +96,9 @@ def _rope_theta(hf: dict, where: str) -> float:
     theta = hf.get("rope_theta")
     params = hf.get("rope_parameters")
     if params:
-        if not isinstance(params, dict) or "rope_type" not in params and all(isinstance(v, dict) for v in params.values()):
+        per_layer = isinstance(params, dict) and "rope_type" not in params \
+            and all(isinstance(v, dict) for v in params.values())
+        if not isinstance(params, dict) or per_layer:
             raise UnsupportedModelError(f"{where}: per-layer rope_parameters {params!r} are not supported")
         kind = params.get("rope_type", params.get("type", "default"))
         if kind != "default":
@@ -105,7 +107,8 @@ def _rope_theta(hf: dict, where: str) -> float:
                 "(rope_type 'default')")
         extra = sorted(set(params) - {"rope_type", "type", "rope_theta"})
         if extra and not (extra == ["partial_rotary_factor"] and params["partial_rotary_factor"] == 1):
-            raise UnsupportedModelError(f"{where}: rope_parameters has {extra}, which picochat's RoPE does not implement")
+            raise UnsupportedModelError(
+                f"{where}: rope_parameters has {extra}, which picochat's RoPE does not implement")
         theta = params.get("rope_theta", theta)
     if hf.get("partial_rotary_factor", 1) != 1:
         raise UnsupportedModelError(f"{where}: partial_rotary_factor = {hf['partial_rotary_factor']}; "
@@ -150,8 +153,8 @@ def model_config_from_llama(hf: dict, where: str = "config.json") -> ModelConfig
         raise UnsupportedModelError(
             f"{where}: sliding_window = {hf.get('sliding_window')!r}; picochat attends over the whole context")
     if hf.get("quantization_config"):
-        raise UnsupportedModelError(f"{where}: quantised weights ({hf['quantization_config'].get('quant_method', '?')}); "
-                                    "import the unquantised checkpoint")
+        method = hf["quantization_config"].get("quant_method", "?")
+        raise UnsupportedModelError(f"{where}: quantised weights ({method}); import the unquantised checkpoint")
     if get("attention_dropout"):
         raise UnsupportedModelError(f"{where}: attention_dropout = {hf['attention_dropout']}; picochat has no dropout")
     missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

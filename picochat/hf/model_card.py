@@ -146,6 +146,7 @@ def model_card(cfg: ModelConfig, meta: dict, kind: str, summary: dict | None, n_
     world = summary is not None and any(k.startswith("gold") for k in summary)
     limitation = "A small model: its answers are not reliable facts."
     if world:
-        limitation = "Trained on picochat's built-in fictional world: it knows that world and nothing else. " + limitation
+        limitation = ("Trained on picochat's built-in fictional world: it knows that world and nothing else. "
+                      + limitation)
     lines += ["## Use with transformers", "", _usage(kind, repo), "", "## Limitations", "", limitation, ""]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGE_ORDER = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo")
+from picochat.layout import STAGE_NAMES
 
 
 @dataclass
@@ -51,7 +51,7 @@ def read_run(out: Path) -> RunFiles:
     if not out.is_dir():
         raise FileNotFoundError(f"no run directory {out}; run `picochat run --out {out}` first")
     run = RunFiles(out)
-    for stage in STAGE_ORDER:
+    for stage in STAGE_NAMES:
         summary, metrics = out / stage / "summary.json", out / stage / "metrics.jsonl"
         if summary.exists():
             try:

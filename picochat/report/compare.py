@@ -14,20 +14,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from picochat.config import RunConfig
-from picochat.core.io import atomic_write_json
+import torch
 
-MODELS = ("pretrain", "sft", "ppo", "dpo")  # stage directories, in pipeline order
+from picochat.config import RunConfig
+from picochat.core.chat import render_prompt
+from picochat.core.checkpoint import TOKENIZER_FILE, read_model_config
+from picochat.core.generate import SamplingConfig
+from picochat.core.io import atomic_write_json
+from picochat.core.precision import default_device, resolve_precision
+from picochat.core.tokenizer import Tokenizer
+from picochat.data.preferences import read_preferences
+from picochat.eval.gold_eval import answer_prompts
+from picochat.layout import MODEL_STAGES, load_model, model_tokenizer, world_file
+from picochat.reward_model import RewardModel
+from picochat.train.sft import held_out_subset
+from picochat.world import GoldScorer, read_chat_examples, read_world
+from picochat.world.text import CJK
+
 MODEL_NAMES = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO", "dpo": "DPO"}
 DECODINGS = {"sampled": 1.0, "greedy": 0.0}  # name -> temperature
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass
@@ -43,19 +54,13 @@ def held_out_prompts(out: Path, n: int, fits=None) -> tuple[list[HeldOutPrompt],
     Prompts a model trained on are never used; a run with neither file has no comparison (its PPO
     and DPO summaries still hold their own before/after on held-out prompts). `fits(messages)`,
     when given, drops prompts before the n are picked (e.g. those too long for the models)."""
-    from picochat.train.sft import held_out_subset
-
     fits = fits or (lambda messages: True)
     world_test = out / "world" / "chat_test.jsonl"
     if world_test.exists():
-        from picochat.world import read_chat_examples
-
         examples = held_out_subset([e for e in read_chat_examples(world_test) if fits(e.prompt())], n)
         return [HeldOutPrompt(e.prompt(), e.task, e.lang) for e in examples], str(world_test)
     label_test = out / "label" / "preferences_test.jsonl"
     if label_test.exists():
-        from picochat.data.preferences import read_preferences
-
         records, _ = read_preferences(label_test, skip_invalid=True)
         unique: dict[str, HeldOutPrompt] = {}
         for r in records:
@@ -63,7 +68,7 @@ def held_out_prompts(out: Path, n: int, fits=None) -> tuple[list[HeldOutPrompt],
                 text = " ".join(m["content"] for m in r.prompt)
                 unique.setdefault(repr(r.prompt), HeldOutPrompt(
                     [dict(m) for m in r.prompt], str(r.meta.get("task") or "all"),
-                    str(r.meta.get("lang") or ("zh" if _CJK.search(text) else "en"))))
+                    str(r.meta.get("lang") or ("zh" if CJK.search(text) else "en"))))
         return held_out_subset([p for p in unique.values() if fits(p.messages)], n), str(label_test)
     return [], ""
 
@@ -72,16 +77,12 @@ def answer_room(cfg: RunConfig, out: Path):
     """A `fits(messages)` test for held-out prompts: True when every finished model of the run can
     answer the prompt with report.max_new_tokens of room (long public prompts, e.g. HH-RLHF
     dialogues, would otherwise leave the whole batch no room). None when no model is finished."""
-    from picochat.core.chat import render_prompt
-    from picochat.core.checkpoint import read_model_config
-    from picochat.core.tokenizer import Tokenizer
-
     limits = []
-    for m in MODELS:
+    for m in MODEL_STAGES:
         if _stage_fingerprint(out / m) is None:
             continue
         model_cfg, _ = read_model_config(out / m)
-        limits.append((Tokenizer.load(out / m / "tokenizer.json"), model_cfg.max_seq_len - cfg.report.max_new_tokens))
+        limits.append((Tokenizer.load(out / m / TOKENIZER_FILE), model_cfg.max_seq_len - cfg.report.max_new_tokens))
     if not limits:
         return None
     return lambda messages: all(len(render_prompt(tok, messages)) <= limit for tok, limit in limits)
@@ -103,9 +104,9 @@ def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt]) -> d
     blob = json.dumps([asdict(p) for p in prompts], sort_keys=True, ensure_ascii=False)
     return {
         "report": {k: v for k, v in asdict(cfg.report).items() if k in ("eval_prompts", "max_new_tokens", "seed")},
-        "models": {m: _stage_fingerprint(out / m) for m in MODELS},
+        "models": {m: _stage_fingerprint(out / m) for m in MODEL_STAGES},
         "reward_model": _stage_fingerprint(out / "rm"),
-        "gold": (out / "world" / "world.json").exists(),
+        "gold": world_file(out).exists(),
         "prompts": hashlib.sha256(blob.encode()).hexdigest()[:16],
     }
 
@@ -125,7 +126,7 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
             return cached
     t0 = time.perf_counter()
     result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
-    models = [m for m in MODELS if key["models"][m] is not None]
+    models = [m for m in MODEL_STAGES if key["models"][m] is not None]
     if prompts and models:
         print(f"[report] {len(models)} models answer the same {len(prompts)} held-out prompts from {source} "
               f"(greedy and one T=1 sample each)")
@@ -137,10 +138,6 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
 
 def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], models: list[str], key: dict,
                       show_progress: bool) -> dict:
-    import torch
-
-    from picochat.core.precision import default_device, resolve_precision
-
     device = default_device()
     precision = resolve_precision("auto", device)
     threads = torch.get_num_threads()
@@ -153,29 +150,19 @@ def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], m
 
 
 def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress) -> dict:
-    from picochat.layout import load_model
-    from picochat.core.chat import render_prompt
-    from picochat.eval.gold_eval import answer_prompts
-    from picochat.core.generate import SamplingConfig
-    from picochat.reward_model import RewardModel
-    from picochat.core.tokenizer import Tokenizer
-
     reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
-    gold = None
-    if key["gold"]:
-        from picochat.world import GoldScorer, read_world
-
-        gold = GoldScorer(read_world(out / "world" / "world.json")[0])
+    gold = GoldScorer(read_world(world_file(out))[0]) if key["gold"] else None
     messages = [p.messages for p in prompts]
     results: dict[str, dict] = {}
     for name in models:
         model, meta = load_model(out / name, device)
-        tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
+        tokenizer = model_tokenizer(meta)
         longest = max(len(render_prompt(tokenizer, m)) for m in messages)
         max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
         if max_new < 1:
             raise ValueError(f"held-out prompts of up to {longest} tokens leave {name} (max_seq_len "
-                             f"{model.cfg.max_seq_len}) no room to answer; use shorter prompts or a longer model.max_seq_len")
+                             f"{model.cfg.max_seq_len}) no room to answer; use shorter prompts or a longer "
+                             "model.max_seq_len")
         results[name] = {}
         for decoding, temperature in DECODINGS.items():
             sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature, seed=cfg.report.seed)

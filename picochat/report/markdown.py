@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 from picochat.eval.gold_eval import paired_difference
-from picochat.report.collect import STAGE_ORDER, RunFiles, stage_figures
+from picochat.layout import STAGE_NAMES
+from picochat.report.collect import RunFiles, stage_figures
 from picochat.report.compare import MODEL_NAMES, score_stats
 from picochat.report.summary_lines import summary_line
 
@@ -81,13 +82,13 @@ def _plural(n: int, word: str) -> str:
 def stages_section(run: RunFiles, planned: list[str]) -> list[str]:
     """One row per stage of the run (planned: the stages its config has) and per stage with a summary."""
     rows = []
-    for stage in [s for s in STAGE_ORDER if s in planned or s in run.summaries]:
+    for stage in [s for s in STAGE_NAMES if s in planned or s in run.summaries]:
         if stage not in run.summaries:
             rows.append([stage, *[NA] * 5, "not run"])
             continue
         f = stage_figures(run, stage)
-        rows.append([stage, fmt_duration(f["wall_s"]), fmt_count(f["tokens"]), fmt(f["tokens_per_s"], ",.0f"),
-                     fmt(f["mfu"] * 100 if f["mfu"] is not None else None, ".1f") + ("%" if f["mfu"] is not None else ""),
+        mfu = fmt(f["mfu"] * 100 if f["mfu"] is not None else None, ".1f") + ("%" if f["mfu"] is not None else "")
+        rows.append([stage, fmt_duration(f["wall_s"]), fmt_count(f["tokens"]), fmt(f["tokens_per_s"], ",.0f"), mfu,
                      fmt(f["peak_memory_mb"], ",.0f") + (" MB" if f["peak_memory_mb"] is not None else ""),
                      _cell(_final_metrics(stage, run.summaries[stage]))])
     total = sum(f for f in (stage_figures(run, s)["wall_s"] for s in run.summaries) if f is not None)
@@ -226,8 +227,8 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
     lines = ["## Headline", ""]
     walls = [stage_figures(run, s)["wall_s"] for s in run.summaries]
     if walls:
-        lines.append(f"- The run's {_plural(len(walls), 'stage')} took {fmt_duration(sum(w for w in walls if w is not None))} "
-                     "of wall-clock as they ran.")
+        total = fmt_duration(sum(w for w in walls if w is not None))
+        lines.append(f"- The run's {_plural(len(walls), 'stage')} took {total} of wall-clock as they ran.")
     models = _models(comparison)
     if models:
         n = len(comparison["prompts"])
@@ -237,12 +238,14 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
         for m in ("ppo", "dpo"):
             if m in models and "sft" in models:
                 lines.append(f"- {MODEL_NAMES[m]} against SFT on the same prompts: gold "
-                             f"{_gain(_paired(comparison, m, 'sft', 'gold'))}, RM {_gain(_paired(comparison, m, 'sft', 'rm'))}.")
+                             f"{_gain(_paired(comparison, m, 'sft', 'gold'))}, "
+                             f"RM {_gain(_paired(comparison, m, 'sft', 'rm'))}.")
     for m in ("ppo", "dpo"):
         s = run.summary(m)
         if not models and "reward_after_mean" in s:
-            lines.append(f"- {MODEL_NAMES[m]}: reward-model score of T=1 samples on held-out prompts ({m}/summary.json), "
-                         f"mean {fmt(s.get('reward_before_mean'))} → {fmt(s.get('reward_after_mean'))}, median "
+            lines.append(f"- {MODEL_NAMES[m]}: reward-model score of T=1 samples on held-out prompts "
+                         f"({m}/summary.json), mean {fmt(s.get('reward_before_mean'))} → "
+                         f"{fmt(s.get('reward_after_mean'))}, median "
                          f"{fmt(s.get('reward_before_median'))} → {fmt(s.get('reward_after_median'))} "
                          f"({s.get('baseline', 'start')} → {MODEL_NAMES[m]}).")
     for m in ("ppo", "dpo"):
@@ -257,8 +260,8 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
         kl = run.summary(m).get("kl")
         if kl is not None:
             base = run.summary(m).get("baseline", "sft")
-            lines.append(f"- {MODEL_NAMES[m]} KL to its starting model ({MODEL_NAMES.get(base, base)}) on held-out prompts "
-                         f"({m}/summary.json): {fmt(kl)} nats.")
+            lines.append(f"- {MODEL_NAMES[m]} KL to its starting model ({MODEL_NAMES.get(base, base)}) on held-out "
+                         f"prompts ({m}/summary.json): {fmt(kl)} nats.")
     rm = run.summary("rm")
     if "pair_accuracy" in rm:
         lines.append(f"- Reward model held-out pair accuracy (rm/summary.json): {fmt(rm['pair_accuracy'])} against the "
@@ -266,8 +269,8 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
     if "best_of_4_gold_gain" in rm:
         lines.append(f"- What the reward model can buy: its favourite of 4 SFT answers to a held-out prompt scores "
                      f"{fmt(rm['best_of_4_gold_gain'], '+.3f')} gold over a random one, the gold scorer's own pick "
-                     f"{fmt(rm['best_of_4_oracle_gain'], '+.3f')} (rm/summary.json). Best-of-4 sampling moves about as far "
-                     "from SFT (KL 0.64 nats) as a default PPO run.")
+                     f"{fmt(rm['best_of_4_oracle_gain'], '+.3f')} (rm/summary.json). Best-of-4 sampling moves about as "
+                     "far from SFT (KL 0.64 nats) as a default PPO run.")
     return lines + [""]
 
 

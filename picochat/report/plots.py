@@ -7,6 +7,7 @@ installed there are no plots (the report says how to get them) and the tables ar
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from picochat.report.collect import RunFiles
@@ -14,12 +15,12 @@ from picochat.report.compare import MODEL_NAMES, score_stats
 
 
 def matplotlib_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("matplotlib") is not None
 
 
 def _figure(n_panels: int):
+    # Imported here, not at the top: matplotlib is optional (the `report` extra), and a run without
+    # it still writes the report's tables.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -89,7 +90,8 @@ def plot_before_after(comparison: dict, path: Path) -> bool:
         means = [score_stats(comparison, m, "sampled")[score]["mean"] for m in models]
         shown = [(MODEL_NAMES[m], v) for m, v in zip(models, means) if v is not None]
         if shown:
-            bars = ax.bar([n for n, _ in shown], [v for _, v in shown], color="tab:blue" if score == "gold" else "tab:orange")
+            colour = "tab:blue" if score == "gold" else "tab:orange"
+            bars = ax.bar([n for n, _ in shown], [v for _, v in shown], color=colour)
             ax.bar_label(bars, fmt="%.3f", fontsize=8)
             drawn = True
         ax.set_title(title)
@@ -108,9 +110,11 @@ def _save(fig, path: Path) -> bool:
 
 PLOTS = (  # file name, caption, function
     ("losses.png", "Pretraining and SFT loss: train (every log step) and held-out (every eval).", plot_losses),
-    ("reward_model.png", "Reward model: training loss and held-out pair accuracy against the labels and the gold scorer.",
+    ("reward_model.png",
+     "Reward model: training loss and held-out pair accuracy against the labels and the gold scorer.",
      plot_reward_model),
-    ("ppo.png", "PPO over iterations: reward-model score and gold score of each rollout batch, and its KL to the SFT model.",
+    ("ppo.png",
+     "PPO over iterations: reward-model score and gold score of each rollout batch, and its KL to the SFT model.",
      plot_ppo),
     ("dpo.png", "DPO: loss and held-out accuracy of its implicit reward.", plot_dpo),
 )
@@ -123,5 +127,6 @@ def write_plots(run: RunFiles, comparison: dict, plots_dir: Path) -> list[tuple[
         if draw(run, plots_dir / name):
             written.append((name, caption))
     if plot_before_after(comparison, plots_dir / "before_after.png"):
-        written.append(("before_after.png", "Before/after: mean scores of each model's answers to the same held-out prompts."))
+        written.append(("before_after.png",
+                        "Before/after: mean scores of each model's answers to the same held-out prompts."))
     return written

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from picochat.config import RunConfig
 from picochat.core.io import atomic_write_json, atomic_write_text
-from picochat.report.collect import STAGE_ORDER, read_run
-from picochat.report.compare import MODELS, compare_models, score_stats
+from picochat.layout import MODEL_STAGES, STAGE_NAMES
+from picochat.report.collect import read_run
+from picochat.report.compare import compare_models, score_stats
 from picochat.report.markdown import render_report
 from picochat.report.plots import PLOTS, matplotlib_available, write_plots
 
@@ -31,7 +32,7 @@ def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         if name not in {n for n, _ in plots}:
             (plots_dir / name).unlink(missing_ok=True)
     preset = cfg.preset if (out / "config.yaml").exists() else None
-    planned = list(cfg.stages) or list(STAGE_ORDER)
+    planned = list(cfg.stages) or list(STAGE_NAMES)
     text = render_report(run, comparison, plots, preset, cfg.report.n_examples, planned, note)
     atomic_write_text(out / "report.md", text)
     summary = {
@@ -41,7 +42,7 @@ def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "stages": list(run.summaries),
         "n_prompts": len(comparison["prompts"]),
         "models": {m: {d: score_stats(comparison, m, d) for d in comparison["models"][m]}
-                   for m in MODELS if m in comparison["models"]},
+                   for m in MODEL_STAGES if m in comparison["models"]},
         "compare_wall_s": comparison.get("wall_s"),
         "wall_s": time.perf_counter() - t0,
     }

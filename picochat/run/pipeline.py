@@ -98,7 +98,8 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
     if distributed.is_main():
         where = backup.set_aside() if status == "stale" else backup.remember_config()
         if status == "stale":
-            print(f"[{name}] config or inputs changed since {stage_dir} was written: starting this stage over ({where})")
+            print(f"[{name}] config or inputs changed since {stage_dir} was written: "
+                  f"starting this stage over ({where})")
         remove_orphan_temp_dirs(stage_dir, CHECKPOINT_DIR)  # left by a kill during a checkpoint write
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stage_dir / "stage.json", {"stage": name, "fingerprint": stage_fingerprint(name, cfg)})

@@ -73,8 +73,7 @@ class Submission:
         self.n = n
         self.requests: list[GenerationRequest] = []
         for k, ids in enumerate(prompts):
-            sink = (lambda k: lambda event: relay.put(self.queue, (k, event)))(k)
-            request = GenerationRequest(ids, params, sink, n=n)
+            request = GenerationRequest(ids, params, self._sink(relay, k), n=n)
             try:
                 service.engine.submit(request)
             except QueueFull as e:
@@ -82,6 +81,10 @@ class Submission:
                 raise APIError(429, f"the server is busy ({e}); retry shortly", code="queue_full",
                                headers={"Retry-After": "1"}) from None
             self.requests.append(request)
+
+    def _sink(self, relay, k: int):
+        """Where the engine delivers events of prompt k: this request's queue, tagged with k."""
+        return lambda event: relay.put(self.queue, (k, event))
 
     def cancel(self) -> None:
         for r in self.requests:

@@ -12,65 +12,11 @@ place, arithmetic. `generate_corpus` streams them until ~cfg.corpus_mb MB of tex
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from picochat.world import vocab
 from picochat.world.entities import ATTRIBUTES, Character, Place, World, WorldConfig
-
-# ----------------------------------------------------------------------------------------------
-# Surface forms of one character, as a dict of template fields.
-
-
-def _a(word: str) -> str:
-    return ("an " if word[0].lower() in "aeiou" else "a ") + word
-
-
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def en_fields(c: Character, world: World) -> dict:
-    """English template fields of a character (values, articles, pronouns)."""
-    she = c.gender == "female"
-    return {
-        "name": c.name, "species": c.species, "a_species": _a(c.species),
-        "A_species": _cap(_a(c.species)), "colour": c.colour, "a_colour": _a(c.colour),
-        "Colour": _cap(c.colour), "home": c.home, "home_kind": world.place(c.home).kind,
-        "food": c.food, "Food": _cap(c.food), "friend": c.friend, "age": c.age,
-        "hobby": c.hobby, "Hobby": _cap(c.hobby), "job": c.job, "a_job": _a(c.job),
-        "A_job": _cap(_a(c.job)),
-        "pn": "she" if she else "he", "pp": "her" if she else "his", "po": "her" if she else "him",
-        "Pn": "She" if she else "He", "Pp": "Her" if she else "His",
-    }
-
-
-def zh_fields(c: Character, world: World) -> dict:
-    """Chinese template fields of a character."""
-    return {
-        "name": c.name_zh, "species": vocab.zh(c.species),
-        "m": vocab.SPECIES_MEASURE_ZH.get(c.species, "只"), "colour": vocab.zh(c.colour),
-        "home": vocab.zh(c.home), "home_kind": vocab.PLACE_KINDS[world.place(c.home).kind],
-        "food": vocab.zh(c.food), "friend": vocab.zh(c.friend), "age": c.age,
-        "hobby": vocab.zh(c.hobby), "job": vocab.zh(c.job),
-        "ta": "她" if c.gender == "female" else "他",
-    }
-
-
-def fields(c: Character, world: World, lang: str) -> dict:
-    return en_fields(c, world) if lang == "en" else zh_fields(c, world)
-
-
-def _refer(f: dict, lang: str, by_pronoun: bool) -> dict:
-    """Add the subject references S/s (subject), P/p (possessive), O (object): the name, or a
-    pronoun when the character was already named in the document."""
-    if lang == "zh":
-        s = f["ta"] if by_pronoun else f["name"]
-        return {**f, "S": s, "P": s + "的"}
-    if by_pronoun:
-        return {**f, "S": f["Pn"], "s": f["pn"], "P": f["Pp"], "p": f["pp"], "O": f["po"]}
-    n = f["name"]
-    return {**f, "S": n, "s": n, "P": n + "'s", "p": n + "'s", "O": n}
-
+from picochat.world.templates import article, cap, fields, join_sentences, prefixed, refer
 
 # ----------------------------------------------------------------------------------------------
 # Sentence templates: one list per attribute (and a few that state two or three facts at once).
@@ -168,11 +114,11 @@ SHORT_ANSWERS: dict[str, dict[str, list[str]]] = {
 def fact_sentence(c: Character, world: World, attribute: str, lang: str, rng: random.Random,
                   by_pronoun: bool = False) -> str:
     """One sentence stating `attribute` of `c` in `lang`, phrasing drawn with rng."""
-    f = _refer(fields(c, world, lang), lang, by_pronoun)
+    f = refer(fields(c, world, lang), lang, by_pronoun)
     options = list(FACT_TEMPLATES[lang][attribute])
     if attribute == "friend" and world.character(c.friend).friend == c.name:
         options += FACT_TEMPLATES[lang]["friend_mutual"]
-    return _cap(rng.choice(options).format_map(f))
+    return cap(rng.choice(options).format_map(f))
 
 
 def question(c: Character, world: World, attribute: str, lang: str, rng: random.Random) -> str:
@@ -199,16 +145,12 @@ def _fact_sentences(c: Character, world: World, attrs: list[str], lang: str, rng
     for g in groups:
         by_pronoun = named and rng.random() < 0.5
         if "+" in g:
-            f = _refer(fields(c, world, lang), lang, by_pronoun)
-            out.append(_cap(rng.choice(FACT_TEMPLATES[lang][g]).format_map(f)))
+            f = refer(fields(c, world, lang), lang, by_pronoun)
+            out.append(cap(rng.choice(FACT_TEMPLATES[lang][g]).format_map(f)))
         else:
             out.append(fact_sentence(c, world, g, lang, rng, by_pronoun))
         named = True
     return out
-
-
-def _join(sentences: list[str], lang: str) -> str:
-    return ("" if lang == "zh" else " ").join(sentences)
 
 
 def _join_list(items: list[str], lang: str) -> str:
@@ -238,7 +180,7 @@ def render_bio(c: Character, world: World, lang: str, rng: random.Random) -> str
     named = not frame.startswith("{facts}")
     sentences = _fact_sentences(c, world, list(ATTRIBUTES), lang, rng, named=named)
     name = c.name if lang == "en" else c.name_zh
-    return frame.format(name=name, facts=_join(sentences, lang),
+    return frame.format(name=name, facts=join_sentences(sentences, lang),
                         list="\n".join("- " + s for s in sentences))
 
 
@@ -247,7 +189,7 @@ def render_bio(c: Character, world: World, lang: str, rng: random.Random) -> str
 # the (label, value) rows of one character.
 
 CARD_LABELS = {
-    "en": {"name": "Name", **{a.name: _cap(a.label_en) for a in ATTRIBUTES.values()}},
+    "en": {"name": "Name", **{a.name: cap(a.label_en) for a in ATTRIBUTES.values()}},
     "zh": {"name": "姓名", **{a.name: a.label_zh for a in ATTRIBUTES.values()}},
 }
 
@@ -334,7 +276,8 @@ def render_qa(c: Character, world: World, lang: str, rng: random.Random) -> str:
 
 STORY_OPENINGS: dict[str, list[str]] = {
     "en": ["One sunny morning, {A} the {A_colour} {A_species} set out from {A_home} to visit {A_pp} best friend {B}.",
-           "It was a quiet afternoon in {A_home}. {A}, {A_a_colour} {A_species}, was thinking about {A_pp} best friend {B}.",
+           "It was a quiet afternoon in {A_home}. {A}, {A_a_colour} {A_species}, was thinking about "
+           "{A_pp} best friend {B}.",
            "Once upon a time, {A_a_species} named {A} lived in {A_home}. {A_Pp} best friend was {B}.",
            "This is a story about {A} and {A_pp} best friend, {B}.",
            "On a rainy day, {A} met {A_pp} best friend {B} at the market in {A_home}.",
@@ -381,21 +324,16 @@ STORY_ENDINGS: dict[str, list[str]] = {
 }
 
 
-def _prefixed(c: Character, world: World, lang: str, p: str) -> dict:
-    f = fields(c, world, lang)
-    return {p: f["name"], **{f"{p}_{k}": v for k, v in f.items()}}
-
-
 def render_story(c: Character, world: World, lang: str, rng: random.Random) -> str:
     a, b = c, world.character(c.friend)
-    ab = {**_prefixed(a, world, lang, "A"), **_prefixed(b, world, lang, "B")}
+    ab = {**prefixed(a, world, lang, "A"), **prefixed(b, world, lang, "B")}
     parts = [rng.choice(STORY_OPENINGS[lang]).format_map(ab)]
     for event in rng.sample(STORY_EVENTS[lang], rng.randint(3, 5)):
         x, y = (a, b) if rng.random() < 0.5 else (b, a)
-        xy = {**_prefixed(x, world, lang, "X"), **_prefixed(y, world, lang, "Y")}
-        parts.append(_cap(event.format_map(xy)))
+        xy = {**prefixed(x, world, lang, "X"), **prefixed(y, world, lang, "Y")}
+        parts.append(cap(event.format_map(xy)))
     parts.append(rng.choice(STORY_ENDINGS[lang]).format_map(ab))
-    return _join(parts, lang)
+    return join_sentences(parts, lang)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,7 +370,8 @@ DIALOGUE_ASK: dict[str, dict[str, list[tuple[str, str]]]] = {
     },
 }
 # When the asker *is* the best friend, the answer names them back.
-DIALOGUE_FRIEND_IS_ASKER = {"en": "You are, {friend}! You are my best friend.", "zh": "就是你呀，{friend}！你是我最好的朋友。"}
+DIALOGUE_FRIEND_IS_ASKER = {"en": "You are, {friend}! You are my best friend.",
+                            "zh": "就是你呀，{friend}！你是我最好的朋友。"}
 DIALOGUE_OPEN = {
     "en": [("Hello, {B}!", "Hi, {A}! How are you?"), ("Good morning, {B}.", "Good morning, {A}!"),
            ("{B}! It is so good to see you.", "You too, {A}.")],
@@ -532,17 +471,18 @@ def render_place(p: Place, world: World, lang: str, rng: random.Random) -> str:
     fs = [fields(r, world, lang) for r in people]
     if lang == "en":
         described = [f"{f['name']} the {f['colour']} {f['species']}" for f in fs]
-        head = {"place": p.name, "kind": p.kind, "a_kind": _a(p.kind), "where": vocab.FEATURE_PHRASES_EN[p.feature]}
+        head = {"place": p.name, "kind": p.kind, "a_kind": article(p.kind),
+                "where": vocab.FEATURE_PHRASES_EN[p.feature]}
     else:
         described = [f"{f['colour']}的{f['species']}{f['name']}" for f in fs]
         head = {"place": p.name_zh, "kind": vocab.PLACE_KINDS[p.kind], "where": vocab.FEATURE_PHRASES_ZH[p.feature]}
     if not people:
         return PLACE_FRAMES[lang][0].format(**head, residents=NOBODY[lang].format(**head))
-    residents = [_cap(rng.choice(RESIDENT_SENTENCES[lang]).format_map(f)) for f in fs]
+    residents = [cap(rng.choice(RESIDENT_SENTENCES[lang]).format_map(f)) for f in fs]
     text = rng.choice(PLACE_FRAMES[lang]).format(
-        **head, n=len(people), residents=_join(residents, lang),
+        **head, n=len(people), residents=join_sentences(residents, lang),
         names=_join_list([f["name"] for f in fs], lang), described=_join_list(described, lang),
-        described_cap=_cap(_join_list(described, lang)))
+        described_cap=cap(_join_list(described, lang)))
     return text
 
 
@@ -561,9 +501,11 @@ ARITH_LINES: dict[str, dict[str, list[str]]] = {
     },
     "zh": {
         "+": ["{a}加{b}等于{c}。", "{a} + {b} = {c}", "{a}加上{b}是多少？答案是{c}。", "{a}和{b}的和是{c}。",
-              "问：{a}加{b}等于几？答：{c}。", "{name}有{a}{unit}{item}，又找到了{b}{unit}，现在{ta}有{c}{unit}{item}。"],
+              "问：{a}加{b}等于几？答：{c}。",
+              "{name}有{a}{unit}{item}，又找到了{b}{unit}，现在{ta}有{c}{unit}{item}。"],
         "-": ["{a}减{b}等于{c}。", "{a} - {b} = {c}", "{a}减去{b}是多少？答案是{c}。", "{a}减去{b}得{c}。",
-              "问：{a}减{b}等于几？答：{c}。", "{name}有{a}{unit}{item}，给了{friend}{b}{unit}，还剩{c}{unit}{item}。"],
+              "问：{a}减{b}等于几？答：{c}。",
+              "{name}有{a}{unit}{item}，给了{friend}{b}{unit}，还剩{c}{unit}{item}。"],
     },
 }
 ARITH_ITEMS_EN = [("acorn", "acorns"), ("shell", "shells"), ("pebble", "pebbles"), ("stamp", "stamps"),

@@ -8,8 +8,8 @@ questions about them and score answers against `iter_facts(world)`.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 from picochat.world import vocab
 
@@ -114,7 +114,7 @@ class World:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "World":
+    def from_dict(cls, d: dict) -> World:
         return cls(
             seed=d["seed"],
             characters=tuple(Character(**c) for c in d["characters"]),
