@@ -9,6 +9,7 @@ dataclasses below.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from picochat.core.generate import SamplingConfig
 from picochat.core.io import atomic_write_text
 from picochat.core.model import ModelConfig
 from picochat.world import ChatTasksConfig, WorldConfig
@@ -28,9 +30,28 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message says which key and why."""
 
 
+Unused = dict[str, tuple[Any, Any, str]]  # dotted key -> (its value, its default, why the stage does not read it)
+
+
+def _unused(prefix: str, section: Any, defaults: Any, why: dict[str, str]) -> Unused:
+    """The fields of `section` named in `why` (fields its stage does not read, in this config) that
+    are set away from their defaults. A default stays accepted: a run's saved config.yaml repeats
+    every field, and the fingerprints of finished stages hash them."""
+    return {f"{prefix}.{name}": (getattr(section, name), getattr(defaults, name), reason)
+            for name, reason in why.items() if getattr(section, name) != getattr(defaults, name)}
+
+
 @dataclass
 class TrainConfig:
-    """The shared training loop's knobs (pretrain, SFT, reward model and DPO all use these)."""
+    """The training loop's knobs, one copy per training stage (`pretrain.train`, `sft.train`, ...).
+
+    pretrain, sft, rm and dpo run the shared loop (picochat.train.trainer), which reads every field
+    (except rm.train.eval_batches: the reward model is evaluated on all its held-out prompts). PPO
+    runs a loop of its own (picochat.train.ppo) and reads max_steps (= PPO iterations),
+    grad_accum_steps, lr, lr_warmup_steps (linear warmup, then constant), weight_decay, beta1,
+    beta2, grad_clip, precision, log_every, ckpt_every, seed, threads and parallel (ddp only); it
+    rejects any other field set away from its default (see PPO_UNUSED_TRAIN).
+    """
 
     max_steps: int = 1000
     batch_size: int = 16  # sequences per micro-batch (per process)
@@ -81,12 +102,27 @@ class TokenizerStageConfig:
 
 @dataclass
 class SampleConfig:
+    """`pretrain.sample`: the samples the pretrain stage writes to samples.md. A config section, so
+    "off" is a plain number (top_k 0, top_p 1) that YAML and `key=value` can spell; `sampling()`
+    turns it into the sampler's `picochat.core.generate.SamplingConfig`, where "off" is None."""
+
     prompts: list[str] = field(default_factory=list)  # empty = prompts derived from the data
     max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 0.95
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 0.95  # nucleus sampling; 1 (or 0) = off
     seed: int = 0
+
+    def sampling(self, stop_ids: tuple[int, ...] = ()) -> SamplingConfig:
+        """The sampler's settings for these: the one place the two conventions for "off" meet."""
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k or None,
+            top_p=self.top_p if 0 < self.top_p < 1 else None,
+            seed=self.seed,
+            stop_ids=stop_ids,
+        )
 
 
 @dataclass
@@ -112,9 +148,20 @@ class SFTConfig:
     val_fraction: float = 0.05  # held-out share of your own data (world tasks have their own test split)
     seq_len: int = 256  # conversations are cut to this many tokens
     train: TrainConfig = field(default_factory=_sft_train_defaults)
+    # The after-training evaluation. sft, ppo and dpo each have these three (they mean the same in
+    # all three): a stage's fingerprint covers its own section only, so changing how PPO is
+    # evaluated redoes PPO, not SFT. With your own data (sft.sources) there is no gold scorer: the
+    # SFT model answers the first 8 held-out conversations greedily, eval_samples is not used.
     eval_prompts: int = 300  # held-out world prompts answered for the gold score (0 = skip)
     eval_samples: int = 4  # samples per prompt at temperature 1 (mean per sample and best-of-K)
-    eval_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 96  # answer length cap for the evaluation
+
+    def unused_settings(self) -> Unused:
+        if not self.sources or self.eval_prompts <= 0:
+            return {}
+        return _unused("sft", self, SFTConfig(), {
+            "eval_samples": "with sft.sources there is no gold scorer to score samples with (the SFT model "
+                            "answers held-out conversations greedily, see samples.md)"})
 
 
 def _rm_train_defaults() -> TrainConfig:
@@ -154,7 +201,13 @@ class RMConfig:
     head_init_std: float = 1e-3  # the new scalar head starts close to "no opinion"
     normalize: str = "bias_gain"  # fit so SFT samples score mean 0 (bias) and std 1 (gain) | bias | none
     normalize_on: int = 2000  # prompts whose SFT samples the normalisation is fitted on
-    train: TrainConfig = field(default_factory=_rm_train_defaults)  # train.batch_size = prompts per micro-batch
+    # train.batch_size = prompts per micro-batch; train.eval_batches is not used (every evaluation
+    # scores all held-out prompts)
+    train: TrainConfig = field(default_factory=_rm_train_defaults)
+
+    def unused_settings(self) -> Unused:
+        return _unused("rm.train", self.train, _rm_train_defaults(), {
+            "eval_batches": "the reward model is evaluated on all its held-out prompts at every evaluation"})
 
     def validate(self) -> None:
         if self.loss not in ("auto", "pairwise", "best_of_k", "mse", "bce"):
@@ -168,6 +221,21 @@ def _ppo_train_defaults() -> TrainConfig:
     # lr 2e-5 with kl_coef 0.1: at 5e-5 / 0.05 the RM score rose while the gold score did not.
     return TrainConfig(max_steps=40, batch_size=16, lr=2e-5, lr_warmup_steps=5, log_every=5, ckpt_every=10,
                        grad_clip=1.0, weight_decay=0.0)
+
+
+_PPO_CONSTANT_LR = "PPO's learning rate is constant after train.lr_warmup_steps"
+# The `ppo.train` fields PPO's own loop does not read, and why (see TrainConfig).
+PPO_UNUSED_TRAIN = {
+    "batch_size": "PPO's batches are ppo.rollout_prompts (rollouts per iteration) and ppo.minibatch_size "
+                  "(rows per optimizer step)",
+    "schedule": _PPO_CONSTANT_LR,
+    "min_lr_ratio": _PPO_CONSTANT_LR,
+    "wsd_decay_fraction": _PPO_CONSTANT_LR,
+    "eval_every": "PPO evaluates once, after training (ppo.eval_prompts); every iteration logs its rollouts' scores",
+    "eval_batches": "PPO evaluates once, after training, on ppo.eval_prompts prompts",
+    "compile": "PPO runs its models uncompiled",
+    "tensorboard": "PPO logs to <out>/ppo/metrics.jsonl only",
+}
 
 
 @dataclass
@@ -187,8 +255,8 @@ class PPOConfig:
     no_eos_penalty: float = -1.0  # added to the score of a response that never ended
     kl_coef: float = 0.1  # β of the per-token KL penalty to the SFT model
     adaptive_kl: bool = False  # Ziegler et al.'s controller towards kl_target
-    kl_target: float = 6.0
-    kl_horizon: int = 10000
+    kl_target: float = 6.0  # adaptive_kl only
+    kl_horizon: int = 10000  # adaptive_kl only
     kl_estimator: str = "k1"  # k1 (in the reward, as InstructGPT) | k3
     gamma: float = 1.0
     lam: float = 0.95
@@ -200,13 +268,16 @@ class PPOConfig:
     vf_coef: float = 0.1
     entropy_coef: float = 0.0
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss on <out>/pretrain/data (0 = off)
-    ptx_batch_size: int = 8
+    ptx_batch_size: int = 8  # ptx_coef > 0 only
     ptx_data: str = ""  # token shards for PPO-ptx (a `picochat pretrain` data dir); empty = <out>/pretrain/data
-    eval_prompts: int = 300  # held-out world prompts for the final gold/KL evaluation (0 = skip)
-    eval_samples: int = 4
-    eval_max_new_tokens: int = 96
-    # train.max_steps = PPO iterations; train.lr/betas/grad_clip/grad_accum_steps/log_every/ckpt_every/seed
-    # /precision apply; train.batch_size is unused (see rollout_prompts and minibatch_size).
+    # The after-training evaluation (as sft.eval_*): on the built-in world, gold scores of the policy
+    # and its starting model on eval_prompts held-out prompts, and the KL; with your own ppo.prompts,
+    # eval_prompts of them are held out and both models sample eval_samples answers of
+    # max_new_tokens (the rollout length, so eval_max_new_tokens is not used), scored by the RM.
+    eval_prompts: int = 300  # held-out prompts for the final evaluation (0 = skip)
+    eval_samples: int = 4  # T=1 samples per held-out prompt and model
+    eval_max_new_tokens: int = 96  # built-in world only: answer length cap for the gold evaluation
+    # train.max_steps = PPO iterations; see TrainConfig for the fields PPO reads (others are rejected).
     train: TrainConfig = field(default_factory=_ppo_train_defaults)
 
     @property
@@ -235,6 +306,22 @@ class PPOConfig:
                               "policy, which FSDP would have to gather at every generated token")
         self.train.validate()
 
+    def unused_settings(self) -> Unused:
+        """The ppo.train fields PPO's loop never reads, and the settings that this config's prompt
+        format and prompt source leave unread. (The settings of a feature that its own switch turns
+        off, kl_target with adaptive_kl=false, ptx_* with ptx_coef=0, eval_* with eval_prompts=0,
+        stay accepted, ready for the switch to be turned back on.)"""
+        unused = {}
+        if self.format != "text":
+            unused |= {k: "it shapes plain-text prompts (ppo.format=text), and ppo.format is chat"
+                       for k in ("prompt_field", "prompt_tokens")}
+        if self.prompts and self.eval_prompts > 0:
+            unused["eval_max_new_tokens"] = ("with ppo.prompts the held-out evaluation samples ppo.max_new_tokens "
+                                             "tokens (the rollout length); it caps the gold evaluation on the "
+                                             "built-in world only")
+        return {**_unused("ppo.train", self.train, _ppo_train_defaults(), PPO_UNUSED_TRAIN),
+                **_unused("ppo", self, PPOConfig(), unused)}
+
 
 def _dpo_train_defaults() -> TrainConfig:
     # lr: DPO moves the SFT model by small, targeted amounts; the paper tunes at ~10x below the
@@ -255,9 +342,12 @@ class DPOConfig:
     val_fraction: float = 0.1  # held-out share of your own data (the built-in labels have a test file)
     seq_len: int = 256  # prompt + response tokens per row
     train: TrainConfig = field(default_factory=_dpo_train_defaults)  # train.batch_size = pairs per micro-batch
+    # The after-training evaluation (as sft.eval_*): on the built-in world, gold scores of the DPO
+    # model and its reference and the KL between them; with your own dpo.sources, the KL alone, on
+    # the held-out preference prompts (so eval_samples is not used).
     eval_prompts: int = 300  # held-out prompts for the gold score and the KL (0 = skip both)
     eval_samples: int = 4  # gold eval: samples per prompt at temperature 1 (mean per sample and best-of-K)
-    eval_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 96  # answer length cap for the gold evaluation and the KL samples
     kl_samples: int = 1  # KL to the reference: samples per held-out prompt
 
     def validate(self) -> None:
@@ -272,6 +362,13 @@ class DPOConfig:
         if self.kl_samples < 1:
             raise ConfigError(f"dpo.kl_samples must be >= 1, got {self.kl_samples}")
         self.train.validate()
+
+    def unused_settings(self) -> Unused:
+        if not self.sources or self.eval_prompts <= 0:
+            return {}
+        return _unused("dpo", self, DPOConfig(), {
+            "eval_samples": "with dpo.sources there is no gold scorer: the held-out evaluation is the KL to "
+                            "the reference, with dpo.kl_samples samples per prompt"})
 
 
 @dataclass
@@ -303,6 +400,9 @@ class RunConfig:
     data_root: str = ""  # relative paths in sources/prompts are taken from here (empty = the working directory)
     world: WorldConfig = field(default_factory=WorldConfig)
     tokenizer: TokenizerStageConfig = field(default_factory=TokenizerStageConfig)
+    # The architecture pretraining builds. model.vocab_size is the tokenizer's (its size rounded up
+    # to a multiple of 64; set tokenizer.vocab_size to change it): left at its default it is
+    # replaced, with a line saying so, and any other value must equal it. model.head must be lm.
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     chat: ChatTasksConfig = field(default_factory=ChatTasksConfig)
@@ -403,7 +503,7 @@ def _apply(obj: Any, updates: dict, prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(v, dict):
                 raise ConfigError(f"{key}: expected a section (mapping), got {v!r}")
-            if getattr(type(current), "__dataclass_params__").frozen:
+            if type(current).__dataclass_params__.frozen:
                 merged = dataclasses.asdict(current)
                 merged.update(v)
                 probe = type(current)()
@@ -501,7 +601,38 @@ def build_config(
         cfg.model.validate()
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.model.head != "lm":
+        raise ConfigError(f"model.head={cfg.model.head!r}: pretraining builds a language model (head lm); the "
+                          "reward-model stage gives its copy the scalar head itself. Remove the key")
+    _check_unused(cfg, base_file)
     return cfg
+
+
+def unused_settings(cfg: RunConfig) -> Unused:
+    """Every setting set away from its default that the stage it names does not read."""
+    return {**cfg.sft.unused_settings(), **cfg.rm.unused_settings(), **cfg.ppo.unused_settings(),
+            **cfg.dpo.unused_settings()}
+
+
+def _check_unused(cfg: RunConfig, base_file: str | Path | None) -> None:
+    """Every setting is read by the code it names, or rejected with a message that says why and
+    what to do. A run started before these checks existed may have saved such a setting in its
+    config.yaml: continuing it keeps the value (so its finished stages stay up to date, their
+    fingerprints unchanged) and says that it is not used."""
+    unused = unused_settings(cfg)
+    if not unused:
+        return
+    saved = {}
+    if base_file:
+        saved_cfg = RunConfig()
+        _apply(saved_cfg, load_yaml(Path(base_file)))
+        saved = unused_settings(saved_cfg)
+    for key, (value, default, why) in unused.items():
+        if key in saved and saved[key][0] == value:
+            print(f"[config] note: {key}={value!r} in {base_file} is not used: {why}", file=sys.stderr)
+        else:
+            raise ConfigError(f"{key}={value!r} is not used: {why}; remove the key (or leave it at its "
+                              f"default, {default!r})")
 
 
 def _check_fractions(cfg: RunConfig) -> None:

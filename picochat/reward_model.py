@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from picochat.core import distributed
+from picochat.core.batching import right_pad
 from picochat.core.chat import render_chat
 from picochat.core.model import GPT
 from picochat.core.tokenizer import Tokenizer
-from picochat.layout import load_model
+from picochat.layout import load_model, model_tokenizer
 
 
 def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: str, finished: bool = True,
@@ -43,13 +44,9 @@ def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: 
 
 
 def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids (N, T), last_index (N,)): right padding, index of each row's last real token."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
-    return ids, last
+    """(input_ids (N, T), last_index (N,)): the rows right-padded, and the index of each row's last
+    real token, where its score is read."""
+    return right_pad(rows, pad_id), torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
 
 
 def scores_at(model: torch.nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor,
@@ -87,13 +84,13 @@ class RewardModel:
     bias: float = 0.0
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "RewardModel":
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> RewardModel:
         model, meta = load_model(path, device)
         if model.cfg.head != "scalar":
             raise ValueError(f"{meta['model_dir']} is not a reward model (its head is {model.cfg.head!r}); "
                              "train one with `picochat rm`")
         norm = meta.get("reward_normalization", {})
-        tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
+        tokenizer = model_tokenizer(meta)
         model.eval()
         return cls(model, tokenizer, float(norm.get("gain", 1.0)), float(norm.get("bias", 0.0)))
 

@@ -97,6 +97,12 @@ TINY = [
 ]
 
 
+def tiny_without(*keys: str) -> list[str]:
+    """TINY less some of its settings: those a run on one's own data does not read, which the
+    config rejects (e.g. sft.eval_samples with sft.sources: no gold scorer to score samples with)."""
+    return [item for item in TINY if item.partition("=")[0] not in keys]
+
+
 def stage_outputs(run: Path) -> dict[str, bytes]:
     """The models and summaries of a run's stages: what tests read from the shared run."""
     stages = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo")

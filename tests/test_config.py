@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from picochat.config import ConfigError, available_presets, build_config, parse_overrides, save_config
+from picochat.config import (
+    ConfigError,
+    SampleConfig,
+    available_presets,
+    build_config,
+    parse_overrides,
+    save_config,
+)
+from picochat.stages.pretrain import pretrain_model_config
 
 
 def test_presets_load_and_validate():
@@ -71,3 +81,64 @@ def test_config_file_layers_over_preset(tmp_path):
     bad.write_text("pretrain: [1, 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
         build_config("tiny", config_file=bad)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"ppo.train.schedule": "wsd"}, "ppo.train.schedule='wsd' is not used: PPO's learning rate is constant"),
+        ({"ppo.train.min_lr_ratio": 0.5}, "ppo.train.min_lr_ratio=0.5 is not used"),
+        ({"ppo.train.batch_size": 8}, "ppo.rollout_prompts"),
+        ({"ppo.train.eval_every": 5}, "PPO evaluates once, after training"),
+        ({"ppo.train.tensorboard": True}, "ppo.train.tensorboard=True is not used"),
+        ({"ppo.prompt_tokens": 4}, "ppo.format is chat"),
+        ({"ppo.prompts": ["p.jsonl"], "ppo.eval_max_new_tokens": 32}, "the rollout length"),
+        ({"rm.train.eval_batches": 4}, "all its held-out prompts"),
+        ({"dpo.sources": ["d.jsonl"], "dpo.eval_samples": 2}, "dpo.kl_samples"),
+        ({"sft.sources": ["s.jsonl"], "sft.eval_samples": 2}, "no gold scorer"),
+        ({"model.head": "scalar"}, "model.head='scalar'"),
+    ],
+)
+def test_settings_a_stage_does_not_read_are_rejected_with_the_reason(override, message):
+    with pytest.raises(ConfigError, match="remove the key|Remove the key") as e:
+        build_config("tiny", overrides=override)
+    assert message in str(e.value)
+
+
+def test_unread_settings_at_their_defaults_or_switched_on_are_accepted():
+    build_config("tiny", overrides={"ppo.train.schedule": "cosine", "ppo.train.batch_size": 16})  # the defaults
+    # a feature switched off by its own switch keeps its settings, ready to be switched on again
+    cfg = build_config("tiny", overrides={"ppo.adaptive_kl": False, "ppo.kl_target": 3.0, "ppo.ptx_coef": 0.0,
+                                          "ppo.ptx_batch_size": 4, "ppo.train.threads": 1, "sft.sources": ["s.jsonl"],
+                                          "sft.eval_prompts": 0, "sft.eval_samples": 2})
+    assert cfg.ppo.kl_target == 3.0 and cfg.ppo.ptx_batch_size == 4 and cfg.sft.eval_samples == 2
+
+
+def test_a_saved_run_config_with_an_unread_setting_still_loads_unchanged(tmp_path, capsys):
+    """A run started before the checks may have saved such a value: continuing it keeps the value
+    (its stages' fingerprints hash it) and says it is not used; setting it anew is still an error."""
+    cfg = build_config("tiny")
+    cfg.ppo.train.schedule = "wsd"
+    save_config(cfg, tmp_path / "config.yaml")
+    again = build_config(preset=None, base_file=tmp_path / "config.yaml")
+    assert again.to_dict() == cfg.to_dict()
+    assert "ppo.train.schedule='wsd'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="ppo.train.schedule='constant' is not used"):
+        build_config(preset=None, base_file=tmp_path / "config.yaml", overrides={"ppo.train.schedule": "constant"})
+
+
+def test_model_vocab_size_comes_from_the_tokenizer(capsys):
+    tokenizer = SimpleNamespace(vocab_size=400)
+    assert pretrain_model_config(build_config("tiny"), tokenizer).vocab_size == 448  # the default is replaced...
+    assert "model.vocab_size 4,096 replaced by 448" in capsys.readouterr().out  # ...and a line says so
+    same = build_config("tiny", overrides={"model.vocab_size": 448})
+    assert pretrain_model_config(same, tokenizer).vocab_size == 448
+    with pytest.raises(ConfigError, match="Set tokenizer.vocab_size"):
+        pretrain_model_config(build_config("tiny", overrides={"model.vocab_size": 8192}), tokenizer)
+
+
+def test_sample_config_converts_its_off_values_to_the_samplers():
+    s = SampleConfig(top_k=0, top_p=1.0, seed=3).sampling(stop_ids=(7,))
+    assert (s.top_k, s.top_p, s.seed, s.stop_ids) == (None, None, 3, (7,))
+    s = SampleConfig(top_k=20, top_p=0.9).sampling()
+    assert (s.top_k, s.top_p) == (20, 0.9)

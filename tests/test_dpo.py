@@ -14,11 +14,12 @@ import torch
 
 from picochat.algos.dpo import dpo_loss
 from picochat.config import ConfigError, DPOConfig, TrainConfig
+from picochat.core.batching import right_pad
 from picochat.core.chat import render_chat
 from picochat.core.checkpoint import write_model_dir
 from picochat.core.model import GPT, ModelConfig
 from picochat.data.preferences import PreferenceRecord, append_record
-from picochat.eval.kl import pad_rows, sampled_kl, sequence_logprobs
+from picochat.eval.kl import sampled_kl, sequence_logprobs
 from picochat.stages.dpo import run as run_dpo_stage
 from picochat.train.dpo import (
     dpo_batch,
@@ -128,7 +129,7 @@ def test_sequence_logprobs_is_the_masked_sum_and_ignores_padding(tiny_lm, world_
             logp = torch.log_softmax(tiny_lm(torch.tensor(r[None, :-1])).float()[0], dim=-1)  # (T-1, V)
             expected.append(sum(logp[t - 1, r[t]].item() for t in range(1, len(r)) if m[t]))
         for pad_id in (world_tokenizer.pad_id, 7):
-            ids, mask = pad_rows(rows, masks, pad_id)
+            ids, mask = right_pad(rows, pad_id), right_pad(masks, False, np.bool_)
             got = sequence_logprobs(tiny_lm, ids, mask)
             assert got.dtype == torch.float32
             assert got.tolist() == pytest.approx(expected, abs=1e-4)

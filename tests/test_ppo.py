@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import torch
-
-from picochat.core.chat import render_prompt
-from picochat.config import build_config, parse_overrides
-from picochat.train.ppo import PPOTrainer
-from picochat.core.rollout import layout, response_logprobs
-
 from conftest import TINY
+
+from picochat.config import build_config, parse_overrides
+from picochat.core.chat import render_prompt
+from picochat.core.rollout import layout, response_logprobs
+from picochat.train.ppo import PPOTrainer
 
 PROMPTS = ["What is 2 + 3?", "Where does Mira live?", "Tell me a story.", "米拉住在哪里？",
            "What is 10 + 20?", "Who is your friend?", "Hello!", "What is 7 + 1?"]
@@ -89,6 +88,12 @@ def test_ppo_kill_and_resume_equals_uninterrupted(run_dir, tmp_path):
     first = PPOTrainer(cfg_half, tmp_path / "resumed", show_progress=False)
     first._score = _reward_for(targets)
     first.fit()  # stops after 2 iterations with a checkpoint, as a killed run would have
+    # A checkpoint written before PPO saved through picochat.core.checkpoint had no "step": it resumes too.
+    state_file = tmp_path / "resumed" / "ppo" / "checkpoint" / "trainer_state.pt"
+    assert (state_file.parent / "value" / "model.safetensors").exists()
+    state = torch.load(state_file, weights_only=True)
+    assert state.pop("step") == state["iteration"] == 2
+    torch.save(state, state_file)
     second = PPOTrainer(cfg, tmp_path / "resumed", show_progress=False)
     second._score = _reward_for(targets)
     second.fit()

@@ -20,14 +20,16 @@ def pairwise_loss(scores: torch.Tensor, winners: torch.Tensor, losers: torch.Ten
     which prompt each pair belongs to (0..n_prompts-1).
     """
     per_pair = -F.logsigmoid(scores[winners] - scores[losers])  # (P,)
-    per_prompt_sum = torch.zeros(n_prompts, dtype=per_pair.dtype, device=per_pair.device).index_add(0, pair_prompt, per_pair)
+    per_prompt_sum = torch.zeros(n_prompts, dtype=per_pair.dtype, device=per_pair.device)
+    per_prompt_sum = per_prompt_sum.index_add(0, pair_prompt, per_pair)
     pairs_per_prompt = torch.zeros(n_prompts, dtype=per_pair.dtype, device=per_pair.device).index_add(
         0, pair_prompt, torch.ones_like(per_pair))
     has_pairs = pairs_per_prompt > 0
     return (per_prompt_sum[has_pairs] / pairs_per_prompt[has_pairs]).mean()
 
 
-def best_of_k_loss(scores: torch.Tensor, row_prompt: torch.Tensor, is_best: torch.Tensor, n_prompts: int) -> torch.Tensor:
+def best_of_k_loss(scores: torch.Tensor, row_prompt: torch.Tensor, is_best: torch.Tensor,
+                   n_prompts: int) -> torch.Tensor:
     """Ziegler et al. (2019): softmax over the K responses of a prompt, cross entropy with the
     best one(s) (tied best responses share the target mass). Mean over prompts.
 

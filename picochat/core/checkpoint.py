@@ -5,8 +5,9 @@ A *model directory* holds what any later stage or tool needs to use a model:
   config.json         {"model": ModelConfig, "stage": ..., "step": ...}
   tokenizer.json      the tokenizer the model was trained with
 A *checkpoint* is a model directory plus `trainer_state.pt` (optimizer, step, RNG, loss window),
-written as a whole into a temp directory and swapped in, so a run killed mid-save still has the
-previous complete checkpoint.
+and the model directories of any other trained models in subdirectories (PPO's `value/`), written
+as a whole into a temp directory and swapped in, so a run killed mid-save still has the previous
+complete checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from picochat.core.io import atomic_write, atomic_write_json, make_temp_dir, resolve_swapped_directory, swap_in_directory
+from picochat.core.io import (
+    atomic_write,
+    atomic_write_json,
+    make_temp_dir,
+    resolve_swapped_directory,
+    swap_in_directory,
+)
 from picochat.core.model import GPT, ModelConfig
 
 MODEL_FILE = "model.safetensors"
@@ -67,25 +74,37 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu") -> tupl
     model_dir = resolve_model_dir(path)
     cfg, meta = read_model_config(model_dir)
     model = GPT(cfg)
-    load_model(model, str(model_dir / MODEL_FILE), strict=True)
+    load_weights(model, model_dir)
     meta["model_dir"] = str(model_dir)
     return model.to(device), meta
 
 
 def save_checkpoint(
-    stage_dir: Path, model: GPT, tokenizer_file: Path, state: dict[str, Any], meta: dict | None = None
+    stage_dir: Path, model: GPT, tokenizer_file: Path, state: dict[str, Any], meta: dict | None = None,
+    extra_models: dict[str, tuple[GPT, dict]] | None = None,
 ) -> Path:
-    """Write `stage_dir/checkpoint/` (model dir + trainer state) as one atomic swap."""
+    """Write `stage_dir/checkpoint/` (model dir + trainer state) as one atomic swap.
+
+    `extra_models` maps a subdirectory name to (model, meta) for other models trained alongside
+    (PPO's value model in `value/`); each becomes a model directory of its own in the checkpoint."""
     stage_dir = Path(stage_dir)
     tmp = make_temp_dir(stage_dir, CHECKPOINT_DIR)
     try:
         write_model_dir(tmp, model, tokenizer_file, {**(meta or {}), "step": state["step"]})
+        for name, (extra, extra_meta) in (extra_models or {}).items():
+            write_model_dir(tmp / name, extra, tokenizer_file, extra_meta)
         torch.save(state, tmp / STATE_FILE)
         swap_in_directory(tmp, stage_dir / CHECKPOINT_DIR)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return stage_dir / CHECKPOINT_DIR
+
+
+def load_weights(model: GPT, model_dir: Path) -> None:
+    """Load the weights of a model directory (or a checkpoint, or one of its extra models) into
+    `model`, which must have exactly their shapes."""
+    load_model(model, str(Path(model_dir) / MODEL_FILE), strict=True)
 
 
 def load_checkpoint_state(stage_dir: Path) -> tuple[Path, dict] | None:

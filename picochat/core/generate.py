@@ -11,8 +11,8 @@ the cache with all prompts (prefill), then each step feeds one token per row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -21,6 +21,13 @@ from picochat.core.model import GPT, KVCache
 
 @dataclass
 class SamplingConfig:
+    """The sampler's settings; "off" is None (top_k, top_p, seed), and temperature 0 is greedy.
+
+    Two other settings objects feed it, each in its boundary's convention: `picochat.config.
+    SampleConfig` (a YAML/command-line section, where "off" must be a number: top_k 0, top_p 1;
+    `SampleConfig.sampling()` converts) and the server's `SamplingParams` (the OpenAI request
+    fields: max_tokens, stop strings, None for "off")."""
+
     max_new_tokens: int = 128
     temperature: float = 1.0  # 0 = greedy (argmax); top_k/top_p are then irrelevant
     top_k: int | None = None  # keep only the k most likely tokens

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT
+from picochat.core.precision import autocast
 from picochat.core.prompt import Prompt, encode_prompt, end_token_id, stop_token_ids
 from picochat.core.tokenizer import Tokenizer
-from picochat.core.precision import autocast
 
 
 @dataclass
@@ -46,7 +46,8 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     return log_probs.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
 
-def layout(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def layout(prompt_ids: list[list[int]], response_ids: list[list[int]],
+           pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(input_ids, attention_mask, response_mask, P): prompts left-padded, responses right-padded."""
     P = max(len(p) for p in prompt_ids)
     R = max(1, max(len(r) for r in response_ids))

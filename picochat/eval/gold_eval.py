@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from picochat.core.chat import render_prompt
 from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT
-from picochat.core.tokenizer import Tokenizer
 from picochat.core.precision import autocast
+from picochat.core.tokenizer import Tokenizer
 
 
 def answer_prompts(
@@ -73,7 +73,8 @@ def evaluate_gold(
     label: str = "model",
 ) -> dict:
     """Gold scores of greedy answers and of `n_samples` samples at T=1 on `examples` (ChatExample)."""
-    max_new = min(max_new_tokens, model.cfg.max_seq_len - max(len(render_prompt(tokenizer, e.prompt())) for e in examples))
+    longest_prompt = max(len(render_prompt(tokenizer, e.prompt())) for e in examples)
+    max_new = min(max_new_tokens, model.cfg.max_seq_len - longest_prompt)
     if max_new < 1:
         raise ValueError("held-out prompts are longer than the model's max_seq_len")
     prompts = [e.prompt() for e in examples]
@@ -113,6 +114,14 @@ def evaluate_gold(
         for e, p, (text, _), s in zip(examples, prompts, greedy, greedy_scores)
     ]
     return result
+
+
+def held_out_subset(examples: list, n: int) -> list:
+    """Every k-th held-out example, so all task types and languages are represented."""
+    if len(examples) <= n:
+        return list(examples)
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]
 
 
 PER_PROMPT_KEYS = ("examples", "sampled_per_prompt", "samples")

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from picochat.core.batching import right_pad
 from picochat.core.generate import SamplingConfig, generate
+from picochat.core.precision import autocast
 from picochat.core.prompt import Prompt, encode_prompt, end_token_id
 from picochat.core.tokenizer import Tokenizer
-from picochat.core.precision import autocast
 
 
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -41,17 +42,6 @@ def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask
     targets = input_ids[:, 1:]  # (N, T-1)
     token_logps = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)  # (N, T-1)
     return (token_logps * loss_mask[:, 1:].to(token_logps.dtype)).sum(-1)  # (N,)
-
-
-def pad_rows(rows: list[np.ndarray], masks: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token rows and their masks to the longest: (N, T) long, (N, T) bool."""
-    T = max(len(r) for r in rows)
-    ids = np.full((len(rows), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), T), dtype=np.bool_)
-    for i, (r, m) in enumerate(zip(rows, masks)):
-        ids[i, : len(r)] = r
-        mask[i, : len(m)] = m
-    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 @torch.no_grad()
@@ -124,7 +114,8 @@ def sampled_kl(
 
     sampled_sum, exact_sum = np.zeros(len(prompts)), np.zeros(len(prompts))
     for start in range(0, len(rows), batch_size):
-        ids, mask = pad_rows(rows[start : start + batch_size], masks[start : start + batch_size], tokenizer.pad_id)
+        ids = right_pad(rows[start : start + batch_size], tokenizer.pad_id)  # (N, T)
+        mask = right_pad(masks[start : start + batch_size], False, np.bool_)  # (N, T)
         with autocast(precision, device):
             s, e = _log_ratio_sums(policy, reference, ids.to(device), mask.to(device))
         np.add.at(sampled_sum, owner[start : start + batch_size], s.cpu().numpy())

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import statistics
 
-from picochat.eval.gold_eval import paired_difference
 from picochat.core.prompt import Prompt, reward_input
-from picochat.reward_model import RewardModel
-from picochat.core.tokenizer import Tokenizer
 from picochat.core.rollout import sample_rollout
+from picochat.core.tokenizer import Tokenizer
+from picochat.eval.gold_eval import paired_difference
+from picochat.reward_model import RewardModel
 
 
 def reward_stats(scores: list[float]) -> dict:
@@ -24,7 +24,8 @@ def reward_stats(scores: list[float]) -> dict:
 
 
 def sample_and_score(model, reward: RewardModel, tokenizer: Tokenizer, prompts: list[Prompt], *, n_samples: int,
-                     max_new_tokens: int, seed: int, precision: str, batch_size: int = 64) -> tuple[list[str], list[float]]:
+                     max_new_tokens: int, seed: int, precision: str,
+                     batch_size: int = 64) -> tuple[list[str], list[float]]:
     """(texts, reward scores) of `n_samples` T=1 samples per prompt, ordered sample-major
     (all prompts for sample 0, then sample 1, ...). Seeds depend on (seed, sample, batch) only,
     so two models given the same arguments draw from the same random numbers."""

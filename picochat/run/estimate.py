@@ -29,6 +29,7 @@ from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT, lm_loss
 from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.core.tokenizer import Tokenizer
+from picochat.layout import tokenizer_file
 from picochat.world import read_chat_examples
 
 SAMPLE_ROWS = 64  # rows per sampling batch of the evaluations (picochat.eval.gold_eval.answer_prompts)
@@ -114,7 +115,7 @@ def chat_row_tokens(cfg: RunConfig, out: Path, batch_size: int) -> float:
     """Tokens per padded chat row: the mean over random batches of the longest conversation in the
     batch (batches pad to their longest row). From the run's world chat data when it exists."""
 
-    data, tok_file = out / "world" / "chat_train.jsonl", out / "tokenizer" / "tokenizer.json"
+    data, tok_file = out / "world" / "chat_train.jsonl", tokenizer_file(out)
     cap = min(cfg.sft.seq_len, cfg.model.max_seq_len)
     if cfg.sft.sources or not data.exists() or not tok_file.exists():
         return float(cap)
@@ -163,16 +164,18 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         rows = p.rollout_prompts * (chat_tokens / 2 + p.max_new_tokens)  # a prompt, padded to the longest answer
         per_iteration = Work(train_tokens=2 * p.epochs * rows, forward_tokens=4 * rows,  # policy+value; 4 models read
                              sample_steps=p.max_new_tokens * max(1.0, p.rollout_prompts / SAMPLE_ROWS))
-        evals = _gold_eval_steps(p.eval_prompts, p.eval_samples, p.eval_max_new_tokens, 2) \
-            + _gold_eval_steps(p.eval_prompts, 0, p.eval_max_new_tokens, 1)  # + KL samples
+        # with your own prompts the evaluation samples answers of the rollout length (ppo.eval_* in config.py)
+        eval_new = p.max_new_tokens if p.prompts else p.eval_max_new_tokens
+        evals = _gold_eval_steps(p.eval_prompts, p.eval_samples, eval_new, 2) \
+            + _gold_eval_steps(p.eval_prompts, 0, eval_new, 1)  # + KL samples
         return Work(per_iteration.train_tokens * p.iterations, per_iteration.forward_tokens * p.iterations,
                     per_iteration.sample_steps * p.iterations + evals)
     if name == "dpo":
         d = cfg.dpo
         t = d.train
         pair_tokens = t.max_steps * t.batch_size * t.grad_accum_steps * 2 * chat_tokens
-        evals = _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, 2) \
-            + _gold_eval_steps(d.eval_prompts, d.kl_samples - 1, d.eval_max_new_tokens, 1)
+        gold = 0.0 if d.sources else _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, 2)
+        evals = gold + _gold_eval_steps(d.eval_prompts, d.kl_samples - 1, d.eval_max_new_tokens, 1)  # + KL samples
         return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)
     if name == "report":
         r = cfg.report

@@ -8,14 +8,12 @@ from pathlib import Path
 
 from picochat.core import distributed
 from picochat.core.chat import render_prompt, write_tokenizer_config
-from picochat.core.checkpoint import write_model_dir
-from picochat.core.io import atomic_write_text
+from picochat.core.checkpoint import TOKENIZER_FILE, write_model_dir
 from picochat.core.precision import default_device, resolve_precision
-from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import prompt_key
-from picochat.eval.gold_eval import evaluate_gold, gold_gains, gold_summary
 from picochat.eval.kl import sampled_kl
-from picochat.layout import load_model, model_location  # noqa: F401  (DPOConfig re-exported for callers)
+from picochat.eval.policy_eval import compare_on_gold, kl_summary, world_test_examples
+from picochat.layout import load_model, load_model_and_tokenizer, model_location, world_file
 from picochat.train.dpo import (
     all_row_logprobs,
     dpo_batch,
@@ -25,9 +23,8 @@ from picochat.train.dpo import (
     row_logprobs,
 )
 from picochat.train.reward import load_preference_splits
-from picochat.train.sft import held_out_subset
 from picochat.train.trainer import Trainer
-from picochat.world import GoldScorer, read_chat_examples, read_world
+from picochat.world import GoldScorer, read_world
 
 
 def run(cfg, out: Path, show_progress: bool = True) -> dict:
@@ -38,12 +35,11 @@ def run(cfg, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(dcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, meta = load_model(init_dir, device)
+    model, tokenizer, meta = load_model_and_tokenizer(init_dir, device)
     if model.cfg.head != "lm":
         raise ValueError(f"dpo.init={meta['model_dir']} is a reward model (head {model.cfg.head!r}); "
                          "DPO starts from a chat model, e.g. <out>/sft")
-    tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
-    tokenizer = Tokenizer.load(tokenizer_file)
+    tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into the model directories written
     seq_len = min(dcfg.seq_len, model.cfg.max_seq_len)
 
     train_records, test_records, problems = load_preference_splits(out, dcfg.sources, dcfg.max_records,
@@ -122,58 +118,39 @@ def run(cfg, out: Path, show_progress: bool = True) -> dict:
 def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device, precision, show_progress,
                           stage_dir) -> dict:
     """Gold scores on held-out world prompts (built-in world only, as SFT measures them), for the
-    DPO model and its reference on the same prompts and seeds, and the KL from the reference."""
+    DPO model and its reference on the same prompts and seeds, and the KL from the reference; with
+    your own preference data, the KL on the held-out preference prompts alone."""
 
     dcfg = cfg.dpo
-    summary: dict = {}
     reference, _ = load_model(init_dir, device)
     reference.eval()
-    world_test = out / "world" / "chat_test.jsonl"
-    if not dcfg.sources and world_test.exists():
-        examples = held_out_subset(read_chat_examples(world_test), dcfg.eval_prompts)
-        scorer = GoldScorer(read_world(out / "world" / "world.json")[0])
-        k = dcfg.eval_samples
-        kwargs = dict(precision=precision, max_new_tokens=dcfg.eval_max_new_tokens, n_samples=k,
-                      seed=dcfg.train.seed, show_progress=show_progress)
-        after = evaluate_gold(model, tokenizer, examples, scorer, label="dpo", **kwargs)
-        before = evaluate_gold(reference, tokenizer, examples, scorer, label="reference", **kwargs)
-        lines = ["# DPO model answers to held-out prompts (greedy)\n"]
-        for a, b in list(zip(after["examples"], before["examples"]))[:12]:
-            lines.append(f"## [{a['task']}/{a['lang']}] {a['prompt']}\n\n- **DPO** (gold {a['score']:.2f}): "
-                         f"{a['answer']}\n- **reference** (gold {b['score']:.2f}): {b['answer']}\n")
-        atomic_write_text(stage_dir / "samples.md", "\n".join(lines))
-        for ex in after["examples"][:6]:
+    if not dcfg.sources and (out / "world" / "chat_test.jsonl").exists():
+        comparison = compare_on_gold(
+            model, reference, tokenizer, world_test_examples(out, dcfg.eval_prompts),
+            GoldScorer(read_world(world_file(out))[0]), label="dpo", start_label="reference", precision=precision,
+            max_new_tokens=dcfg.eval_max_new_tokens, n_samples=dcfg.eval_samples, seed=dcfg.train.seed,
+            kl_samples=dcfg.kl_samples, show_progress=show_progress, samples_file=stage_dir / "samples.md")
+        for ex in comparison.after["examples"][:6]:
             print(f"  user: {ex['prompt']}\n  dpo:  {ex['answer']}   (gold {ex['score']:.2f})")
-        summary.update({
-            "gold_score": after["greedy"],
-            "gold_score_sampled": after.get("sampled"),
-            f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
-            "gold_score_sft": before["greedy"],  # the reference (starting) model, same prompts and seeds (as PPO)
-            "gold_score_sft_sampled": before.get("sampled"),
-            **gold_gains(after, before),
-            "gold": gold_summary(after),
-            "gold_sft": gold_summary(before),
-        })
-        prompts = [e.prompt() for e in examples]
-    else:  # the held-out preference prompts, each once
-        seen, prompts = set(), []
-        for r in records:
-            key = prompt_key(r.prompt) if r.prompt is not None else None
-            if key is not None and key not in seen and r.prompt[-1]["role"] == "user":
-                seen.add(key)
-                prompts.append(r.prompt)
-        room = model.cfg.max_seq_len - dcfg.eval_max_new_tokens
-        prompts = [p for p in prompts if len(render_prompt(tokenizer, p)) <= room][: dcfg.eval_prompts]
-    if prompts:
-        kl = sampled_kl(model, reference, tokenizer, prompts, precision, n_samples=dcfg.kl_samples,
-                        max_new_tokens=dcfg.eval_max_new_tokens, seed=dcfg.train.seed)
-        summary.update({
-            "kl": kl["mean"],  # per response, nats: E_{y~pi} sum_t log pi(y_t) - log pi_ref(y_t)
-            "kl_stderr": kl["stderr"],
-            "kl_tokenwise": kl["mean_tokenwise"],  # same quantity, lower-variance estimator
-            "kl_tokenwise_stderr": kl["stderr_tokenwise"],
-            "kl_prompts": kl["n_prompts"],
-            "response_tokens": kl["mean_response_tokens"],
-            "finished_rate": kl["finished_rate"],
-        })
-    return summary
+        # gold_score_sft and gold_sft hold the reference model's scores: DPO's reference is the
+        # model it started from (dpo.init, the SFT model by default), as PPO's is.
+        return {**comparison.summary(), **kl_summary(comparison.kl)}
+    prompts = _held_out_preference_prompts(records, tokenizer, model.cfg.max_seq_len - dcfg.eval_max_new_tokens,
+                                           dcfg.eval_prompts)
+    if not prompts:
+        return {}
+    kl = sampled_kl(model, reference, tokenizer, prompts, precision, n_samples=dcfg.kl_samples,
+                    max_new_tokens=dcfg.eval_max_new_tokens, seed=dcfg.train.seed)
+    return kl_summary(kl)
+
+
+def _held_out_preference_prompts(records, tokenizer, max_prompt_tokens: int, n: int) -> list[list[dict]]:
+    """The first `n` distinct prompts of the preference records that end with a user turn and fit
+    in `max_prompt_tokens`."""
+    seen, prompts = set(), []
+    for r in records:
+        key = prompt_key(r.prompt) if r.prompt is not None else None
+        if key is not None and key not in seen and r.prompt[-1]["role"] == "user":
+            seen.add(key)
+            prompts.append(r.prompt)
+    return [p for p in prompts if len(render_prompt(tokenizer, p)) <= max_prompt_tokens][:n]

@@ -8,23 +8,22 @@ from pathlib import Path
 
 from picochat.config import RunConfig
 from picochat.core.precision import default_device, resolve_precision
-from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import read_preferences
 from picochat.feedback.autolabel import label_prompts, world_label_prompts
-from picochat.layout import load_model
+from picochat.layout import load_model_and_tokenizer, world_file
 from picochat.world import GoldScorer, read_world
 
 
 def run(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     t0 = time.perf_counter()
     device = default_device()
-    model, meta = load_model(out / "sft", device)
-    tokenizer = Tokenizer.load(Path(meta["model_dir"]) / "tokenizer.json")
-    scorer = GoldScorer(read_world(out / "world" / "world.json")[0])
+    model, tokenizer, _ = load_model_and_tokenizer(out / "sft", device)
+    scorer = GoldScorer(read_world(world_file(out))[0])
     precision = resolve_precision("auto", device)
     lcfg = cfg.label
     summaries = {}
-    for split, n, name in (("train", lcfg.n_prompts, "preferences.jsonl"), ("test", lcfg.n_test_prompts, "preferences_test.jsonl")):
+    splits = (("train", lcfg.n_prompts, "preferences.jsonl"), ("test", lcfg.n_test_prompts, "preferences_test.jsonl"))
+    for split, n, name in splits:
         prompts = world_label_prompts(out / "world", split, n, lcfg.seed)
         print(f"[label] ranking {lcfg.k} SFT answers to each of {len(prompts)} {split} prompts (built-in labeler, "
               f"flip_prob={lcfg.flip_prob})")

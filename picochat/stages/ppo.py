@@ -12,13 +12,11 @@ from picochat.core.checkpoint import write_model_dir
 from picochat.core.io import atomic_write_text
 from picochat.core.precision import measured_matmul_peak_flops
 from picochat.core.tokenizer import EOT
-from picochat.eval.gold_eval import evaluate_gold, gold_gains, gold_summary
 from picochat.eval.kl import sampled_kl
+from picochat.eval.policy_eval import compare_on_gold, world_test_examples
 from picochat.eval.reward_eval import compare_rewards, evaluate_reward, reward_summary, samples_markdown
 from picochat.layout import stage_reference
 from picochat.train.ppo import PPOTrainer
-from picochat.train.sft import held_out_subset
-from picochat.world import read_chat_examples
 
 
 def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
@@ -29,7 +27,8 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
           + (f", {trainer.n_prompts_too_long:,} too long skipped" if trainer.n_prompts_too_long else "")
           + (f", {len(trainer.problems):,} invalid skipped" if trainer.problems else "")
           + f"); {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts * trainer.world_size} "
-          f"rollouts, {cfg.ppo.epochs} epochs; kl_coef {cfg.ppo.kl_coef} ({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'})")
+          f"rollouts, {cfg.ppo.epochs} epochs; kl_coef {cfg.ppo.kl_coef} "
+          f"({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'})")
     if not trainer.fit():
         raise KeyboardInterrupt
     if not trainer.is_main:  # under torchrun, rank 0 alone writes the policy and evaluates it
@@ -53,7 +52,7 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     return summary
 
 
-def _throughput(trainer: "PPOTrainer", history: list[dict]) -> dict:
+def _throughput(trainer: PPOTrainer, history: list[dict]) -> dict:
     """Tokens the policy and value updates trained on, per second of iteration time (sampling
     included), and the MFU of those updates: the rollout and scoring passes are not counted."""
 
@@ -68,7 +67,7 @@ def _throughput(trainer: "PPOTrainer", history: list[dict]) -> dict:
             "mfu": flops / wall / measured_matmul_peak_flops(trainer.precision, trainer.device.type)}
 
 
-def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str, show_progress: bool) -> dict:
+def evaluate_policy(cfg: RunConfig, out: Path, trainer: PPOTrainer, label: str, show_progress: bool) -> dict:
     """Held-out evaluation of the tuned policy next to its starting (SFT) model: gold score (greedy
     and T=1 samples; built-in world only), reward-model score of the samples before and after
     (mean, median, paired gain), KL to the reference, and the paired difference in gold score with
@@ -80,45 +79,31 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: "PPOTrainer", label: str
         return {}
     if trainer.gold is None:
         return _evaluate_without_gold(trainer, pcfg, baseline, label) if trainer.eval_prompts else {}
-    examples = held_out_subset(read_chat_examples(out / "world" / "chat_test.jsonl"), pcfg.eval_prompts)
-    kwargs = dict(precision=trainer.precision, max_new_tokens=pcfg.eval_max_new_tokens, n_samples=pcfg.eval_samples,
-                  seed=pcfg.train.seed, show_progress=show_progress)
-    after = evaluate_gold(trainer.policy, trainer.tokenizer, examples, trainer.gold, label=label, **kwargs)
-    before = evaluate_gold(trainer.reference, trainer.tokenizer, examples, trainer.gold, label="sft", **kwargs)
-    prompts = [e.prompt() for e in examples]
-    kl = sampled_kl(trainer.policy, trainer.reference, trainer.tokenizer, prompts, trainer.precision,
-                    n_samples=1, max_new_tokens=pcfg.eval_max_new_tokens, seed=pcfg.train.seed)
+    examples = world_test_examples(out, pcfg.eval_prompts)
     k = pcfg.eval_samples
+    comparison = compare_on_gold(
+        trainer.policy, trainer.reference, trainer.tokenizer, examples, trainer.gold, label=label, start_label="sft",
+        precision=trainer.precision, max_new_tokens=pcfg.eval_max_new_tokens, n_samples=k, seed=pcfg.train.seed,
+        show_progress=show_progress, samples_file=trainer.stage_dir / "samples.md")
+    after, before = comparison.after, comparison.before
+    prompts = [e.prompt() for e in examples]
 
     def rm_scores(result: dict) -> list[float]:  # RM score of the T=1 samples evaluate_gold drew
         texts, finished = zip(*result["samples"])
         return trainer.reward.score(prompts * k, list(texts), list(finished))
 
     rewards = compare_rewards(rm_scores(before), rm_scores(after), len(prompts)) if "samples" in after else None
-
-    lines = [f"# {label.upper()} vs SFT on held-out prompts (greedy)\n"]
-    for a, b in list(zip(after["examples"], before["examples"]))[:12]:
-        lines.append(f"## [{a['task']}/{a['lang']}] {a['prompt']}\n\n- **{label}** (gold {a['score']:.2f}): "
-                     f"{a['answer']}\n- **sft** (gold {b['score']:.2f}): {b['answer']}\n")
-    atomic_write_text(trainer.stage_dir / "samples.md", "\n".join(lines))
     return {
-        "gold_score": after["greedy"],
-        "gold_score_sampled": after.get("sampled"),
-        f"gold_score_best_of_{k}": after.get(f"best_of_{k}"),
-        "gold_score_sft": before["greedy"],
-        "gold_score_sft_sampled": before.get("sampled"),
-        **gold_gains(after, before),
+        **comparison.summary(),
         "rm_score_sampled": rewards["after"]["mean"] if rewards else None,
         "rm_score_sft_sampled": rewards["before"]["mean"] if rewards else None,
         **(reward_summary(rewards, baseline) if rewards else {}),
-        "kl": kl["mean"],
-        "kl_stderr": kl.get("stderr"),
-        "gold": gold_summary(after),
-        "gold_sft": gold_summary(before),
+        "kl": comparison.kl["mean"],
+        "kl_stderr": comparison.kl["stderr"],
     }
 
 
-def _evaluate_without_gold(trainer: "PPOTrainer", pcfg: PPOConfig, baseline: str, label: str) -> dict:
+def _evaluate_without_gold(trainer: PPOTrainer, pcfg: PPOConfig, baseline: str, label: str) -> dict:
     """Your own prompts (no gold scorer): reward-model score of T=1 samples of the policy and of
     its starting model on the held-out prompts, and the KL between them."""
 

@@ -4,18 +4,19 @@ normalisation (see picochat.train.reward for batching, losses and metrics)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from picochat.config import RunConfig
+from picochat.config import RMConfig, RunConfig
 from picochat.core import distributed
-from picochat.core.checkpoint import write_model_dir
+from picochat.core.checkpoint import TOKENIZER_FILE, write_model_dir
 from picochat.core.distributed import rank_share
 from picochat.core.precision import autocast, default_device
 from picochat.core.tokenizer import Tokenizer
-from picochat.layout import load_model, model_location
+from picochat.layout import load_model_and_tokenizer, model_location
 from picochat.train.reward import (
     EncodedRecord,
     best_of_n_gold,
@@ -38,14 +39,53 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(rcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, meta = load_model(init_dir, device)
-    tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
-    tokenizer = Tokenizer.load(tokenizer_file)
+    model, tokenizer, meta = load_model_and_tokenizer(init_dir, device)
+    tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into the model directories written
     torch.manual_seed(rcfg.train.seed)
     model.set_head("scalar")
     torch.nn.init.normal_(model.score.weight, std=rcfg.head_init_std)  # small: start from no opinion
     seq_len = min(rcfg.seq_len, model.cfg.max_seq_len)
 
+    data = load_rm_data(rcfg, out, tokenizer, seq_len)
+    trainer = _make_trainer(rcfg, data, model, tokenizer.pad_id, stage_dir, tokenizer_file, device, show_progress)
+    result, model = trainer.fit_to_end()
+    if model is None:  # under torchrun, rank 0 alone fits the normalisation and writes the model
+        return {}
+
+    model.eval()
+    with autocast(trainer.precision, device):
+        train_scores = score_records(model, data.train[: rcfg.normalize_on], tokenizer.pad_id)
+        test_scores = score_records(model, data.test, tokenizer.pad_id) if data.test else []
+    gain, bias = _normalization(rcfg, train_scores)
+    write_model_dir(stage_dir, model, tokenizer_file, {
+        "stage": "rm", "step": result.step, "init": str(init_dir), "loss": data.kind,
+        "reward_normalization": {"gain": gain, "bias": bias, "fitted_on": "SFT samples of the training prompts"},
+    })
+    return {
+        "stage": "rm",
+        "init": str(init_dir),
+        "loss": data.kind,
+        "n_train_prompts": len(data.train),
+        "n_test_prompts": len(data.test),
+        "n_invalid_records": len(data.problems),
+        **result.figures(),
+        **_held_out_metrics(data, test_scores, gain, bias),
+        "normalization": {"gain": gain, "bias": bias},
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+@dataclass
+class RMData:
+    train: list[EncodedRecord]  # prompts with something to learn (for ranking losses: a ranked pair)
+    test: list[EncodedRecord]  # held-out prompts
+    kind: str  # the loss, `rm.loss` with auto resolved: pairwise (rankings) or mse (scalar labels)
+    problems: list[str]  # invalid records skipped ("file, line N: why")
+
+
+def load_rm_data(rcfg: RMConfig, out: Path, tokenizer: Tokenizer, seq_len: int) -> RMData:
+    """The preference records as token rows, split into train and held-out, and the loss they
+    call for; says on stdout what was read and skipped."""
     train_records, test_records, problems = load_preference_splits(out, rcfg.sources, rcfg.max_records,
                                                                    rcfg.val_fraction)
     for p in problems[:5]:
@@ -65,59 +105,53 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     print(f"[rm] {len(train):,} train / {len(test):,} held-out prompts, "
           f"{sum(len(r.rows) for r in train):,} responses, {sum(len(r.pairs) for r in train):,} pairs, loss={kind}"
           + (f"; {n_cut} responses cut to {seq_len} tokens" if n_cut else ""))
+    return RMData(train, test, kind, problems)
 
-    tcfg = rcfg.train
+
+def _make_trainer(rcfg: RMConfig, data: RMData, model, pad_id: int, stage_dir: Path, tokenizer_file: Path,
+                  device, show_progress: bool) -> Trainer:
+    """The shared trainer with the reward model's batches (whole prompts: all K answers of each),
+    loss and held-out metrics."""
+    tcfg, kind = rcfg.train, data.kind
     rank, world = distributed.rank(), distributed.world_size()
 
     def get_batch(step: int, micro: int) -> dict:
         rng = np.random.default_rng([tcfg.seed, step, micro])
         # prompts per micro-batch; under torchrun this process's share of batch_size × world_size
-        idx = rank_share(rng.integers(0, len(train), size=tcfg.batch_size * world), tcfg.batch_size, rank)
-        return collate([train[i] for i in idx], tokenizer.pad_id)
+        idx = rank_share(rng.integers(0, len(data.train), size=tcfg.batch_size * world), tcfg.batch_size, rank)
+        return collate([data.train[i] for i in idx], pad_id)
 
     def evaluate(m) -> dict:
-        if not test:
+        if not data.test:
             return {}
-        scores = score_records(m, test, tokenizer.pad_id)
-        metrics = {**pair_metrics(test, scores), **scalar_metrics(test, scores, kind)}
+        scores = score_records(m, data.test, pad_id)
+        metrics = {**pair_metrics(data.test, scores), **scalar_metrics(data.test, scores, kind)}
         return {f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}
 
-    trainer = Trainer(
+    return Trainer(
         model, tcfg, stage_dir, get_batch=get_batch, loss_fn=lambda m, b: reward_loss(m, b, kind),
         evaluate=evaluate, tokenizer_file=tokenizer_file, device=device, stage="rm", show_progress=show_progress,
         # ranking losses average over prompts (the same number in every micro-batch); scalar ones over rows
         loss_weight=(lambda b: b["input_ids"].shape[0]) if kind in ("mse", "bce") else None,
     )
-    result, model = trainer.fit_to_end()
-    if model is None:  # under torchrun, rank 0 alone fits the normalisation and writes the model
-        return {}
 
-    model.eval()
-    with autocast(trainer.precision, device):
-        train_scores = score_records(model, train[: rcfg.normalize_on], tokenizer.pad_id)
-        test_scores = score_records(model, test, tokenizer.pad_id) if test else []
+
+def _normalization(rcfg: RMConfig, train_scores: list[list[float]]) -> tuple[float, float]:
+    """(gain, bias) applied to every raw score from now on (`rm.normalize`)."""
     gain, bias = fit_normalization(train_scores, fit_gain=rcfg.normalize == "bias_gain")
     if rcfg.normalize == "none":
         gain, bias = 1.0, 0.0
-    write_model_dir(stage_dir, model, tokenizer_file, {
-        "stage": "rm", "step": result.step, "init": str(init_dir), "loss": kind,
-        "reward_normalization": {"gain": gain, "bias": bias, "fitted_on": "SFT samples of the training prompts"},
-    })
+    return gain, bias
+
+
+def _held_out_metrics(data: RMData, test_scores: list[list[float]], gain: float, bias: float) -> dict:
+    """Pair accuracy (normalised scores), best-of-n gold gains, scalar-label fit and calibration
+    on the held-out prompts."""
     normalized_test = [[gain * x + bias for x in s] for s in test_scores]
-    held_out = pair_metrics(test, normalized_test) if test else {}
-    summary = {
-        "stage": "rm",
-        "init": str(init_dir),
-        "loss": kind,
-        "n_train_prompts": len(train),
-        "n_test_prompts": len(test),
-        "n_invalid_records": len(problems),
-        **result.figures(),
-        **held_out,
+    test = data.test
+    return {
+        **(pair_metrics(test, normalized_test) if test else {}),
         **(best_of_n_gold(test, test_scores) if test else {}),
-        **scalar_metrics(test, test_scores, kind),
+        **scalar_metrics(test, test_scores, data.kind),
         "calibration": calibration_table(test, normalized_test) if test else [],
-        "normalization": {"gain": gain, "bias": bias},
-        "wall_s": time.perf_counter() - t0,
     }
-    return summary

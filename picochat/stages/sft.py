@@ -10,18 +10,17 @@ from pathlib import Path
 from picochat.config import RunConfig
 from picochat.core import distributed
 from picochat.core.chat import render_chat, write_tokenizer_config
-from picochat.core.checkpoint import write_model_dir
+from picochat.core.checkpoint import TOKENIZER_FILE, write_model_dir
 from picochat.core.generate import SamplingConfig
 from picochat.core.io import atomic_write_text
 from picochat.core.model import lm_loss
 from picochat.core.precision import default_device
-from picochat.core.tokenizer import Tokenizer
 from picochat.data.chat_data import iter_conversations
 from picochat.data.shards import is_val_document
 from picochat.data.sources import resolve_sources
-from picochat.eval.gold_eval import answer_prompts, evaluate_gold, gold_summary
-from picochat.layout import load_model, model_location
-from picochat.train.sft import IGNORE, held_out_subset, make_val_loss, sft_batch, tokenize_conversations
+from picochat.eval.gold_eval import answer_prompts, evaluate_gold, gold_summary, held_out_subset
+from picochat.layout import load_model, load_model_and_tokenizer, model_location, world_file
+from picochat.train.sft import IGNORE, make_val_loss, sft_batch, tokenize_conversations
 from picochat.train.trainer import Trainer
 from picochat.world import GoldScorer, read_chat_examples, read_world
 
@@ -55,9 +54,8 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(scfg.init, "pretrain", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, meta = load_model(init_dir, device)
-    tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
-    tokenizer = Tokenizer.load(tokenizer_file)
+    model, tokenizer, meta = load_model_and_tokenizer(init_dir, device)
+    tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into the model directories written
     seq_len = min(scfg.seq_len, model.cfg.max_seq_len)
 
     train_convs, val_convs, held_out = load_sft_data(cfg, out)
@@ -118,16 +116,19 @@ def _held_out_answers(scfg, model, tokenizer, val_convs: list[list[dict]], preci
     for conv in val_convs:
         last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
         prompt = conv[:last]
-        if prompt and prompt[-1]["role"] == "user" and len(render_chat(tokenizer, prompt, True)[0]) < model.cfg.max_seq_len // 2:
+        if not prompt or prompt[-1]["role"] != "user":
+            continue
+        if len(render_chat(tokenizer, prompt, True)[0]) < model.cfg.max_seq_len // 2:
             examples.append((prompt, conv[last]["content"]))
-        if len(examples) == n:
-            break
+            if len(examples) == n:
+                break
     if not examples:
         return []
     max_new = min(scfg.eval_max_new_tokens, model.cfg.max_seq_len // 2)
-    answers = answer_prompts(model, tokenizer, [p for p, _ in examples], SamplingConfig(max_new_tokens=max_new, temperature=0),
-                             precision)
-    samples = [{"prompt": p[-1]["content"], "answer": a, "reference": ref} for (p, ref), (a, _) in zip(examples, answers)]
+    answers = answer_prompts(model, tokenizer, [p for p, _ in examples],
+                             SamplingConfig(max_new_tokens=max_new, temperature=0), precision)
+    samples = [{"prompt": p[-1]["content"], "answer": a, "reference": ref}
+               for (p, ref), (a, _) in zip(examples, answers)]
     atomic_write_text(stage_dir / "samples.md", "# SFT model answers to held-out prompts (greedy)\n\n" + "".join(
         f"## {s['prompt']}\n\n- **SFT**: {s['answer']}\n- **reference**: {s['reference'][:300]}\n\n" for s in samples))
     return samples
@@ -138,7 +139,7 @@ def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precis
     """Gold scores of the SFT model and, for comparison, of the model SFT started from."""
 
     scfg = cfg.sft
-    world, _ = read_world(out / "world" / "world.json")
+    world, _ = read_world(world_file(out))
     scorer = GoldScorer(world)
     examples = held_out_subset(held_out, scfg.eval_prompts)
     kwargs = dict(precision=precision, max_new_tokens=scfg.eval_max_new_tokens, n_samples=scfg.eval_samples,

@@ -27,12 +27,14 @@ import torch
 
 from picochat.algos.dpo import dpo_loss
 from picochat.core import distributed
+from picochat.core.batching import right_pad
 from picochat.core.chat import render_chat
 from picochat.core.distributed import rank_share
 from picochat.core.precision import autocast
 from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import PreferenceRecord
-from picochat.eval.kl import pad_rows, sequence_logprobs
+from picochat.eval.kl import sequence_logprobs
+from picochat.train.reward import pairs_of
 
 # ---------------------------------------------------------------------------------------------
 # The loss
@@ -61,10 +63,6 @@ def encode_response(tokenizer: Tokenizer, prompt: list[dict], response: str, fin
     return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.bool_), cut
 
 
-def _pairs_of(groups: list[list[int]]) -> list[tuple[int, int]]:
-    return [(w, l) for i, gw in enumerate(groups) for gl in groups[i + 1 :] for w in gw for l in gl]
-
-
 @dataclass
 class PairData:
     """Response rows of many prompts; pairs index rows of the same prompt."""
@@ -78,7 +76,7 @@ class PairData:
     n_cut: int = 0  # rows cut to seq_len
     n_dropped_pairs: int = 0  # pairs with a response cut off entirely
 
-    def head(self, n_records: int) -> "PairData":
+    def head(self, n_records: int) -> PairData:
         """The first n_records records (rows, pairs and reference log-probs)."""
         n_records = max(0, min(n_records, len(self.record_ends)))
         end = self.record_ends[n_records - 1] if n_records else 0
@@ -103,9 +101,10 @@ def encode_preferences(records: list[PreferenceRecord], tokenizer: Tokenizer, se
         for i, e in enumerate(encoded):
             if e is not None:
                 index[i] = offset + len(index)
-        rec_pairs = [(index[w], index[l]) for w, l in rec.pairs() if w in index and l in index]
+        rec_pairs = [(index[win], index[lose]) for win, lose in rec.pairs() if win in index and lose in index]
         gold = rec.meta.get("gold_ranking")
-        rec_gold = [(index[w], index[l]) for w, l in _pairs_of(gold) if w in index and l in index] if gold else []
+        rec_gold = ([(index[win], index[lose]) for win, lose in pairs_of(gold) if win in index and lose in index]
+                    if gold else [])
         if not rec_pairs and not rec_gold:
             continue
         n_dropped += len(rec.pairs()) - len(rec_pairs)
@@ -122,7 +121,8 @@ def encode_preferences(records: list[PreferenceRecord], tokenizer: Tokenizer, se
 
 
 @torch.no_grad()
-def row_logprobs(model: torch.nn.Module, data: PairData, pad_id: int, precision: str, batch_rows: int = 64) -> np.ndarray:
+def row_logprobs(model: torch.nn.Module, data: PairData, pad_id: int, precision: str,
+                 batch_rows: int = 64) -> np.ndarray:
     """Sequence log-probs of every row of `data` under `model`: (R,) float32. Rows are batched by
     length, so little of the compute goes to padding."""
     device = next(model.parameters()).device
@@ -132,7 +132,8 @@ def row_logprobs(model: torch.nn.Module, data: PairData, pad_id: int, precision:
     out = np.zeros(len(data.rows), dtype=np.float32)
     for start in range(0, len(order), batch_rows):
         idx = order[start : start + batch_rows]
-        ids, mask = pad_rows([data.rows[i] for i in idx], [data.masks[i] for i in idx], pad_id)
+        ids = right_pad([data.rows[i] for i in idx], pad_id)  # (N, T)
+        mask = right_pad([data.masks[i] for i in idx], False, np.bool_)  # (N, T)
         with autocast(precision, device):
             out[idx] = sequence_logprobs(model, ids.to(device), mask.to(device)).cpu().numpy()
     model.train(was_training)
@@ -163,7 +164,8 @@ def dpo_batch(data: PairData, batch_size: int, pad_id: int, seed: int, step: int
     drawn = rng.integers(0, len(data.pairs), size=batch_size * world_size)
     pairs = data.pairs[rank_share(drawn, batch_size, rank)]  # (B, 2)
     idx = np.concatenate([pairs[:, 0], pairs[:, 1]])  # (2B,)
-    ids, mask = pad_rows([data.rows[i] for i in idx], [data.masks[i] for i in idx], pad_id)
+    ids = right_pad([data.rows[i] for i in idx], pad_id)  # (2B, T)
+    mask = right_pad([data.masks[i] for i in idx], False, np.bool_)  # (2B, T)
     return {"input_ids": ids, "loss_mask": mask, "ref_logps": torch.from_numpy(data.ref_logps[idx])}
 
 
@@ -184,15 +186,15 @@ def pair_metrics(data: PairData, policy_logps: np.ndarray, beta: float, label_sm
     out: dict = {}
     pol, ref = torch.from_numpy(policy_logps).double(), torch.from_numpy(data.ref_logps).double()
     if len(data.pairs):
-        w, l = torch.from_numpy(data.pairs[:, 0]), torch.from_numpy(data.pairs[:, 1])
-        loss, stats = dpo_loss(pol[w], pol[l], ref[w], ref[l], beta, label_smoothing, kind)
+        win, lose = torch.from_numpy(data.pairs[:, 0]), torch.from_numpy(data.pairs[:, 1])
+        loss, stats = dpo_loss(pol[win], pol[lose], ref[win], ref[lose], beta, label_smoothing, kind)
         out.update({"loss": loss.item(), **stats, "n_pairs": len(data.pairs)})
     if len(data.gold_pairs):
         reward = beta * (pol - ref)
-        w, l = torch.from_numpy(data.gold_pairs[:, 0]), torch.from_numpy(data.gold_pairs[:, 1])
+        win, lose = torch.from_numpy(data.gold_pairs[:, 0]), torch.from_numpy(data.gold_pairs[:, 1])
         labelled = set(map(tuple, data.pairs.tolist()))
         out.update({
-            "gold_reward_accuracy": (reward[w] > reward[l]).double().mean().item(),
+            "gold_reward_accuracy": (reward[win] > reward[lose]).double().mean().item(),
             "label_gold_agreement": float(np.mean([tuple(p) in labelled for p in data.gold_pairs.tolist()])),
             "n_gold_pairs": len(data.gold_pairs),
         })

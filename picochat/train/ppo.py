@@ -16,14 +16,12 @@ trained models, the optimizer and the KL controller, so a resumed run equals an 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model as load_weights
 from tqdm.auto import tqdm
 
 from picochat.algos.ppo import (
@@ -41,20 +39,21 @@ from picochat.algos.ppo import (
 )
 from picochat.config import PPOConfig, RunConfig
 from picochat.core import distributed, parallel
-from picochat.core.checkpoint import write_model_dir
-from picochat.core.io import MetricsLog, make_temp_dir, resolve_swapped_directory, swap_in_directory
+from picochat.core.checkpoint import TOKENIZER_FILE, load_checkpoint_state, load_weights, save_checkpoint
+from picochat.core.io import MetricsLog
 from picochat.core.model import lm_loss
 from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.core.prompt import reward_input
 from picochat.core.rollout import Rollout, response_logits, response_logprobs, sample_rollout
-from picochat.core.tokenizer import Tokenizer
 from picochat.data.ppo_prompts import load_ppo_prompts
 from picochat.data.shards import load_shards
-from picochat.layout import load_model, model_location
+from picochat.layout import load_model, load_model_and_tokenizer, model_location, world_file
 from picochat.reward_model import RewardModel
 from picochat.train.pretrain import random_windows
 from picochat.train.trainer import GracefulInterrupt, build_optimizer
 from picochat.world import GoldScorer, read_world
+
+VALUE_DIR = "value"  # the value model's directory inside a PPO checkpoint
 
 
 def kl_controller(pcfg: PPOConfig):
@@ -90,9 +89,8 @@ class PPOTrainer:
         self.precision = resolve_precision(self.pcfg.precision, self.device)
         init = model_location(self.pcfg.init, "sft", self.out)
         rm_dir = model_location(self.pcfg.reward_model, "rm", self.out)
-        self.policy, meta = load_model(init, self.device)
-        self.tokenizer_file = Path(meta["model_dir"]) / "tokenizer.json"
-        self.tokenizer = Tokenizer.load(self.tokenizer_file)
+        self.policy, self.tokenizer, meta = load_model_and_tokenizer(init, self.device)
+        self.tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into every model directory written
         self.reference, _ = load_model(init, self.device)
         self.reward = RewardModel.load(rm_dir, self.device)
         self.value, _ = load_model(model_location(self.pcfg.value_init, "", self.out) if self.pcfg.value_init
@@ -105,6 +103,8 @@ class PPOTrainer:
         self.policy_ddp = parallel.wrap(self.policy, "ddp", self.device)
         self.value_ddp = parallel.wrap(self.value, "ddp", self.device)
         tcfg = self.pcfg.train
+        if tcfg.threads > 0:
+            torch.set_num_threads(tcfg.threads)
         self.optimizer = build_optimizer(torch.nn.ModuleList([self.policy, self.value]), tcfg, self.device)
         self.kl_ctl = kl_controller(self.pcfg)
         prompt_sets = load_ppo_prompts(self.pcfg, self.out, self.tokenizer, self.policy.cfg.max_seq_len)
@@ -122,35 +122,31 @@ class PPOTrainer:
             ptx_dir = Path(self.pcfg.ptx_data) if self.pcfg.ptx_data else self.out / "pretrain" / "data"
             self.ptx_tokens = load_shards(ptx_dir)[0]
         self.gold = None
-        world = self.out / "world" / "world.json"
-        if world.exists() and not self.pcfg.prompts:
-            self.gold = GoldScorer(read_world(world)[0])
+        if world_file(self.out).exists() and not self.pcfg.prompts:
+            self.gold = GoldScorer(read_world(world_file(self.out))[0])
 
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self) -> None:
+        """`<stage>/checkpoint/`: the policy's model directory, the value model's in `value/`, and
+        trainer_state.pt (iteration, optimizer of both, KL controller, RNG)."""
         if not self.is_main:  # all processes hold the same weights; rank 0 writes them
             return
-        tmp = make_temp_dir(self.stage_dir, "checkpoint")
-        try:
-            write_model_dir(tmp, self.policy, self.tokenizer_file, {"stage": "ppo", "iteration": self.iteration})
-            (tmp / "value").mkdir()
-            write_model_dir(tmp / "value", self.value, self.tokenizer_file, {"stage": "ppo-value"})
-            torch.save({"iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
-                        "kl_ctl": self.kl_ctl.state_dict(), "torch_rng": torch.get_rng_state()},
-                       tmp / "trainer_state.pt")
-            swap_in_directory(tmp, self.stage_dir / "checkpoint")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        state = {"step": self.iteration, "iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
+                 "kl_ctl": self.kl_ctl.state_dict(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.stage_dir, self.policy, self.tokenizer_file, state,
+                        {"stage": "ppo", "iteration": self.iteration},
+                        extra_models={VALUE_DIR: (self.value, {"stage": "ppo-value"})})
 
     def try_resume(self) -> bool:
-        ckpt = resolve_swapped_directory(self.stage_dir / "checkpoint")
-        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
+        """Load the latest checkpoint, if any (also one written before trainer_state.pt had "step":
+        the iteration is read from "iteration"). Returns whether it resumed."""
+        found = load_checkpoint_state(self.stage_dir)
+        if found is None:
             return False
-        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-        load_weights(self.policy, str(ckpt / "model.safetensors"), strict=True)
-        load_weights(self.value, str(ckpt / "value" / "model.safetensors"), strict=True)
+        ckpt, state = found
+        load_weights(self.policy, ckpt)
+        load_weights(self.value, ckpt / VALUE_DIR)
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         torch.set_rng_state(state["torch_rng"])
@@ -174,7 +170,8 @@ class PPOTrainer:
         """(scores used as reward (B,), raw normalised RM scores (B,)). A chat answer that never
         ended is penalised; a text continuation is cut at its length on purpose and is not."""
         inputs = [reward_input(p, t) for p, t in zip(ro.prompts, ro.texts)]
-        rm_scores = torch.tensor(self.reward.score([p for p, _ in inputs], [r for _, r in inputs], ro.finished.tolist()))
+        rm_scores = torch.tensor(self.reward.score([p for p, _ in inputs], [r for _, r in inputs],
+                                                   ro.finished.tolist()))
         if self.pcfg.format == "text":
             return rm_scores.clone(), rm_scores
         scores = rm_scores + (~ro.finished).float() * self.pcfg.no_eos_penalty
@@ -274,7 +271,8 @@ class PPOTrainer:
                 self.gold.score(p, t, finished=bool(f)) for p, t, f in zip(ro.prompts, ro.texts, ro.finished))
         # Means over processes (each holds the same number of rollouts; explained variance is the
         # mean of the processes' own), throughput summed, time the slowest's.
-        record = distributed.reduce_metrics(record, sum_keys=("rollout_tokens_per_s", "train_tokens_per_s", "train_tokens"),
+        record = distributed.reduce_metrics(record,
+                                            sum_keys=("rollout_tokens_per_s", "train_tokens_per_s", "train_tokens"),
                                             max_keys=("seconds",))
         self.iteration += 1
         return record
@@ -287,6 +285,8 @@ class PPOTrainer:
         return stack
 
     def _lr(self) -> float:
+        """Linear warmup over train.lr_warmup_steps iterations, then constant at train.lr: PPO has no
+        decay schedule (its config rejects train.schedule, min_lr_ratio and wsd_decay_fraction)."""
         tcfg = self.pcfg.train
         warm = min(tcfg.lr_warmup_steps, self.pcfg.iterations)
         if self.iteration < warm:

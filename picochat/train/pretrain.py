@@ -10,7 +10,7 @@ import torch
 from picochat.config import SampleConfig
 from picochat.core import distributed
 from picochat.core.distributed import rank_share
-from picochat.core.generate import SamplingConfig, generate
+from picochat.core.generate import generate
 from picochat.core.model import GPT, lm_loss
 from picochat.core.precision import autocast
 from picochat.core.tokenizer import Tokenizer
@@ -77,14 +77,7 @@ def sample_texts(model: GPT, tokenizer: Tokenizer, prompts: list[str], scfg: Sam
     """Continue each prompt; documents start after <|endoftext|> in the shards, so prompts do too."""
     device = next(model.parameters()).device
     ids = [[tokenizer.eot_id] + tokenizer.encode(p) for p in prompts]
-    sampling = SamplingConfig(
-        max_new_tokens=scfg.max_new_tokens,
-        temperature=scfg.temperature,
-        top_k=scfg.top_k or None,
-        top_p=scfg.top_p if 0 < scfg.top_p < 1 else None,
-        seed=scfg.seed,
-        stop_ids=(tokenizer.eot_id,),
-    )
+    sampling = scfg.sampling(stop_ids=(tokenizer.eot_id,))
     model.eval()
     with autocast(precision, device):
         results = generate(model, ids, sampling, pad_id=tokenizer.pad_id)

@@ -35,7 +35,7 @@ class EncodedRecord:
         self.best = set(record.ranking[0]) if record.ranking else set()
         self.label = record.label
         gold = record.meta.get("gold_ranking")
-        self.gold_pairs = _pairs_of(gold) if gold else None
+        self.gold_pairs = pairs_of(gold) if gold else None
         gold_scores = record.meta.get("gold_scores")  # the built-in labeler's; ignored unless one number per response
         self.gold_scores = gold_scores if (
             isinstance(gold_scores, list) and len(gold_scores) == len(record.responses)
@@ -43,8 +43,9 @@ class EncodedRecord:
         self.task = record.meta.get("task")
 
 
-def _pairs_of(groups: list[list[int]]) -> list[tuple[int, int]]:
-    return [(w, l) for i, gw in enumerate(groups) for gl in groups[i + 1 :] for w in gw for l in gl]
+def pairs_of(groups: list[list[int]]) -> list[tuple[int, int]]:
+    """(better, worse) index pairs of a ranking (groups best first; ties share a group)."""
+    return [(win, lose) for i, gw in enumerate(groups) for gl in groups[i + 1 :] for win in gw for lose in gl]
 
 
 def collate(records: list[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor]:
@@ -56,9 +57,9 @@ def collate(records: list[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor
         row_prompt.extend([p] * len(rec.rows))
         is_best.extend(i in rec.best for i in range(len(rec.rows)))
         labels.extend([rec.label if rec.label is not None else 0.0] * len(rec.rows))
-        for w, l in rec.pairs:
-            winners.append(offset + w)
-            losers.append(offset + l)
+        for win, lose in rec.pairs:
+            winners.append(offset + win)
+            losers.append(offset + lose)
             pair_prompt.append(p)
     input_ids, last = pad_right(rows, pad_id)
     return {
@@ -108,19 +109,19 @@ def pair_metrics(records: list[EncodedRecord], scores: list[list[float]]) -> dic
     gold_acc, label_vs_gold = [], []
     gold_by_task: dict[str, list[bool]] = {}
     for rec, s in zip(records, scores):
-        for w, l in rec.pairs:
-            d = s[w] - s[l]
+        for win, lose in rec.pairs:
+            d = s[win] - s[lose]
             acc.append(d > 0)
             logloss.append(-math.log(max(1e-12, 1 / (1 + math.exp(-d)))) if d > -30 else -d)
-            margins_w.append(s[w])
-            margins_l.append(s[l])
+            margins_w.append(s[win])
+            margins_l.append(s[lose])
         if rec.gold_pairs is not None:
             labelled = set(rec.pairs)
-            for w, l in rec.gold_pairs:
-                gold_acc.append(s[w] > s[l])
-                label_vs_gold.append((w, l) in labelled)
+            for win, lose in rec.gold_pairs:
+                gold_acc.append(s[win] > s[lose])
+                label_vs_gold.append((win, lose) in labelled)
                 if rec.task:
-                    gold_by_task.setdefault(rec.task, []).append(s[w] > s[l])
+                    gold_by_task.setdefault(rec.task, []).append(s[win] > s[lose])
     out: dict = {}
     if acc:
         out.update({
@@ -213,8 +214,8 @@ def calibration_table(records: list[EncodedRecord], scores: list[list[float]], n
     pairs in both orders, binned by prediction. A calibrated model's rows have predicted ≈ observed."""
     preds, outcomes = [], []
     for rec, s in zip(records, scores):
-        for w, l in rec.pairs:
-            p = 1 / (1 + math.exp(-max(-30.0, min(30.0, s[w] - s[l]))))
+        for win, lose in rec.pairs:
+            p = 1 / (1 + math.exp(-max(-30.0, min(30.0, s[win] - s[lose]))))
             preds += [p, 1 - p]
             outcomes += [1, 0]
     table = []

@@ -16,15 +16,18 @@ import numpy as np
 import torch
 
 from picochat.core import distributed
+from picochat.core.batching import right_pad
 from picochat.core.chat import render_chat
 from picochat.core.distributed import rank_share
 from picochat.core.model import lm_loss
 from picochat.core.tokenizer import Tokenizer
+from picochat.eval.gold_eval import held_out_subset  # noqa: F401  (moved there; picochat.report imports it from here)
 
 IGNORE = -100
 
 
-def tokenize_conversations(tokenizer: Tokenizer, conversations, seq_len: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+def tokenize_conversations(tokenizer: Tokenizer, conversations,
+                           seq_len: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
     """[(ids, loss_mask)] for each conversation, cut to seq_len + 1 tokens; also the number cut.
 
     A conversation whose assistant tokens all fall past the cut is dropped (it would teach nothing).
@@ -44,14 +47,8 @@ def tokenize_conversations(tokenizer: Tokenizer, conversations, seq_len: int) ->
 def pad_batch(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example: input_ids (B, T) and targets (B, T) with IGNORE where the
     next token is not an assistant token (or is padding)."""
-    T = max(len(ids) for ids, _ in examples) - 1
-    input_ids = np.full((len(examples), T), pad_id, dtype=np.int64)
-    targets = np.full((len(examples), T), IGNORE, dtype=np.int64)
-    for row, (ids, mask) in enumerate(examples):
-        n = len(ids) - 1
-        input_ids[row, :n] = ids[:-1]
-        targets[row, :n] = np.where(mask[1:], ids[1:], IGNORE)
-    return {"input_ids": torch.from_numpy(input_ids), "targets": torch.from_numpy(targets)}
+    return {"input_ids": right_pad([ids[:-1] for ids, _ in examples], pad_id),  # (B, T)
+            "targets": right_pad([np.where(mask[1:], ids[1:], IGNORE) for ids, mask in examples], IGNORE)}
 
 
 def sft_batch(examples, batch_size: int, pad_id: int, seed: int, step: int, micro: int,
@@ -89,13 +86,5 @@ def make_val_loss(val_examples, batch_size: int, pad_id: int, max_examples: int,
         return {"val_loss": total / max(1, count), "val_ppl": math.exp(min(50.0, total / max(1, count)))}
 
     return evaluate
-
-
-def held_out_subset(examples: list, n: int) -> list:
-    """Every k-th held-out example, so all task types and languages are represented."""
-    if len(examples) <= n:
-        return list(examples)
-    step = len(examples) / n
-    return [examples[int(i * step)] for i in range(n)]
 
 

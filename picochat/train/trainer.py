@@ -21,9 +21,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from picochat.algos.schedule import lr_at
 from picochat.config import TrainConfig
 from picochat.core import distributed, parallel
-from picochat.core.checkpoint import load_checkpoint_state, save_checkpoint
+from picochat.core.checkpoint import load_checkpoint_state, load_weights, save_checkpoint
 from picochat.core.io import MetricsLog
 from picochat.core.model import GPT
 from picochat.core.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
@@ -104,6 +104,33 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     # 2-core CPU the foreach AdamW took ~20% of a tiny-preset step (PyTorch >= 2.4 fuses on CPU).
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+class _Throughput:
+    """Tokens per second and MFU of this run (since fit() started) and of the current log window
+    (since the last log line or evaluation)."""
+
+    def __init__(self, flops_per_token: float, peak_flops: float):
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.t_start = self.t_window = time.perf_counter()
+        self.run_tokens = self.window_tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.run_tokens += tokens
+        self.window_tokens += tokens
+
+    def restart_window(self) -> None:
+        self.t_window, self.window_tokens = time.perf_counter(), 0
+
+    def window_tokens_per_s(self) -> float:
+        dt = time.perf_counter() - self.t_window
+        return self.window_tokens / dt if dt > 0 else 0.0
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def mfu(self, tokens_per_s: float) -> float:
+        return tokens_per_s * self.flops_per_token / self.peak_flops
 
 
 class Trainer:
@@ -206,14 +233,12 @@ class Trainer:
         if found is None:
             return False
         ckpt_dir, state = found
-        from safetensors.torch import load_model
-
         if self.sharded:
             whole = GPT(self.model.cfg)
-            load_model(whole, str(ckpt_dir / "model.safetensors"), strict=True)
+            load_weights(whole, ckpt_dir)
             parallel.load_full_state(self.model, self.optimizer, whole.state_dict(), state["optimizer"])
         else:
-            load_model(self.model, str(ckpt_dir / "model.safetensors"), strict=True)
+            load_weights(self.model, ckpt_dir)
             self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
@@ -241,7 +266,7 @@ class Trainer:
         return out
 
     def _tensorboard(self):
-        try:
+        try:  # imported here: an optional dependency, needed only with train.tensorboard=true
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ImportError("train.tensorboard=true needs `pip install 'picochat[tensorboard]'`") from e
@@ -263,12 +288,14 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train from the latest checkpoint (if any) to cfg.max_steps: one optimizer step at a time,
+        a log line every log_every steps, an evaluation every eval_every, a checkpoint every
+        ckpt_every and at the end. A Ctrl-C stops after the current step, with a checkpoint saved."""
         cfg = self.cfg
-        resumed = self.try_resume()
-        if resumed and self.is_main:
+        if self.try_resume() and self.is_main:
             tqdm.write(f"[{self.stage}] resuming from step {self.step} (checkpoint in {self.out_dir})")
-        flops_per_token = self.model.flops_per_token(self._seq_len_hint())
-        peak_flops = measured_matmul_peak_flops(self.precision, self.device.type) * self.world_size
+        meter = _Throughput(self.model.flops_per_token(self._seq_len_hint()),
+                            measured_matmul_peak_flops(self.precision, self.device.type) * self.world_size)
         watch = StepTimeWatch(self.device)
         # Several processes wait for the slowest at every step, so a step time no longer tells a
         # process whether its own cores are contended (and torchrun sets one thread per process).
@@ -278,76 +305,82 @@ class Trainer:
             total=cfg.max_steps, initial=self.step, desc=self.stage, unit="step",
             disable=not self.show_progress, dynamic_ncols=True,
         )
-        t_start = time.perf_counter()
-        t_window, tokens_window, run_tokens = time.perf_counter(), 0, 0
         eval_metrics: dict = {}
-        interrupted = False
         stopping = False  # agreed by all processes, so they leave the loop at the same step
         last_loss = float("nan")
         stop = GracefulInterrupt()
         try:
             while self.step < cfg.max_steps and not stopping:
                 t_step = time.perf_counter()
-                lr = lr_at(self.step, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                last_loss, step_tokens, stopping = self._train_step(stop)
-                if not math.isfinite(last_loss):
-                    raise FloatingPointError(
-                        f"[{self.stage}] loss is {last_loss} at step {self.step}; lower train.lr or use precision=fp32"
-                    )
-                grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                ))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.loss_window.append(last_loss)
-                self.tokens_seen += step_tokens
-                tokens_window += step_tokens
-                run_tokens += step_tokens
+                lr, last_loss, grad_norm, step_tokens, stopping = self._optimizer_step(stop)
+                meter.add(step_tokens)
                 watch.observe(time.perf_counter() - t_step, self.step, bar)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-
                 is_last = self.step == cfg.max_steps
                 record: dict = {}
                 if self.step % cfg.log_every == 0 or is_last:
-                    dt = time.perf_counter() - t_window
-                    tps = tokens_window / dt if dt > 0 else 0.0
-                    record = {
-                        "step": self.step,
-                        "loss": sum(self.loss_window) / len(self.loss_window),
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens": self.tokens_seen,
-                        "tokens_per_s": tps,
-                        "mfu": tps * flops_per_token / peak_flops,
-                        "elapsed_s": time.perf_counter() - t_start,
-                    }
-                    self.loss_window = []
-                    t_window, tokens_window = time.perf_counter(), 0
+                    record = self._train_record(lr, grad_norm, meter)
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or is_last:
                     eval_metrics = self.evaluate()
                     record = {"step": self.step, **record, **eval_metrics}
-                    t_window = time.perf_counter()  # evaluation time is not training throughput
+                    meter.restart_window()  # evaluation time is not training throughput
                 if record and self.is_main:
                     self._log(record, bar)
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or is_last or stopping:
                     self.save()
-            if stopping:
-                interrupted = True
-                if self.is_main:
-                    bar.write(f"[{self.stage}] interrupted at step {self.step}: checkpoint saved; "
-                              "rerun the same command to resume")
+            if stopping and self.is_main:
+                bar.write(f"[{self.stage}] interrupted at step {self.step}: checkpoint saved; "
+                          "rerun the same command to resume")
         finally:
             stop.restore()
             watch.restore()
             bar.close()
             if self.tb is not None:
                 self.tb.close()
-        wall = time.perf_counter() - t_start
-        tps = run_tokens / wall if wall > 0 else 0.0
+        return self._result(stopping, last_loss, eval_metrics, meter)
+
+    def _optimizer_step(self, stop: GracefulInterrupt) -> tuple[float, float, float, int, bool]:
+        """One optimizer step at the scheduled learning rate: (lr, loss, grad norm before clipping,
+        tokens, whether to stop after it). Raises FloatingPointError on a non-finite loss."""
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, tokens, stopping = self._train_step(stop)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"[{self.stage}] loss is {loss} at step {self.step}; lower train.lr or use precision=fp32"
+            )
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.loss_window.append(loss)
+        self.tokens_seen += tokens
+        return lr, loss, grad_norm, tokens, stopping
+
+    def _train_record(self, lr: float, grad_norm: float, meter: _Throughput) -> dict:
+        """The metrics.jsonl record of a log step: the mean loss since the last one, and the
+        throughput of the steps since then (the loss window and the meter's window restart)."""
+        tokens_per_s = meter.window_tokens_per_s()
+        record = {
+            "step": self.step,
+            "loss": sum(self.loss_window) / len(self.loss_window),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": self.tokens_seen,
+            "tokens_per_s": tokens_per_s,
+            "mfu": meter.mfu(tokens_per_s),
+            "elapsed_s": meter.elapsed_s(),
+        }
+        self.loss_window = []
+        meter.restart_window()
+        return record
+
+    def _result(self, interrupted: bool, last_loss: float, eval_metrics: dict, meter: _Throughput) -> TrainResult:
+        wall = meter.elapsed_s()
+        tokens_per_s = meter.run_tokens / wall if wall > 0 else 0.0
         return TrainResult(
             step=self.step,
             interrupted=interrupted,
@@ -355,8 +388,8 @@ class Trainer:
             eval_metrics=eval_metrics,
             tokens=self.tokens_seen,
             wall_s=wall,
-            tokens_per_s=tps,
-            mfu=tps * flops_per_token / peak_flops,
+            tokens_per_s=tokens_per_s,
+            mfu=meter.mfu(tokens_per_s),
             peak_memory_mb=peak_memory_bytes(self.device) / 2**20,
             precision=self.precision,
             processes=self.world_size,
