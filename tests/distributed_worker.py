@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from picochat.core import distributed
 from picochat.config import TrainConfig
-from picochat.data.shards import load_shards
+from picochat.core import distributed
 from picochat.core.model import GPT, ModelConfig, lm_loss
+from picochat.data.shards import load_shards
 from picochat.train.pretrain import make_evaluator, random_windows
 from picochat.train.trainer import Trainer
 

@@ -10,11 +10,15 @@ import pytest
 import torch
 
 from picochat.config import LabelConfig
+from picochat.core.model import GPT, ModelConfig
 from picochat.data.preferences import prompt_key, read_preferences
 from picochat.feedback.autolabel import (
-    gold_ranking, label_prompts, noisy_ranking, pair_agreement, world_label_prompts,
+    gold_ranking,
+    label_prompts,
+    noisy_ranking,
+    pair_agreement,
+    world_label_prompts,
 )
-from picochat.core.model import GPT, ModelConfig
 from picochat.world import ChatTasksConfig, GoldScorer, WorldConfig, read_world, write_chat_tasks, write_world
 
 
@@ -71,8 +75,8 @@ def test_pair_agreement():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from picochat.data.readers import iter_corpus
     from picochat.core.tokenizer import train_tokenizer
+    from picochat.data.readers import iter_corpus
 
     world_dir = tmp_path_factory.mktemp("label_world")
     write_world(world_dir, WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.05))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import picochat.cli.chat as chat_cli
-from picochat.core.chat import render_prompt
 from picochat.cli.chat import _Streamer, add_chat_arguments, cmd_chat, fit_history
+from picochat.core.chat import render_prompt
 from picochat.core.checkpoint import write_model_dir
 from picochat.core.model import GPT, ModelConfig
 from picochat.core.tokenizer import train_tokenizer

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
+from picochat.core.tokenizer import train_tokenizer
 from picochat.data.readers import CorpusError, find_corpus_files, iter_corpus, iter_documents
 from picochat.data.shards import build_shards, is_val_document, load_shards
-from picochat.core.tokenizer import train_tokenizer
 
 WORDS = "the a cat dog sat ran park sun rain big small happy 我们 今天 公园 天气 很好 你好".split()
 

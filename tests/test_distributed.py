@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from picochat.cli.main import main
-from picochat.core.io import MetricsLog
-from picochat.algos.ppo import masked_whiten
-
 from conftest import TINY
 from distributed_worker import make_trainer, train_config
+from safetensors.torch import load_file
+
+from picochat.algos.ppo import masked_whiten
+from picochat.cli.main import main
+from picochat.core.io import MetricsLog
 
 TESTS = Path(__file__).parent
 # Adam divides by the root of the squared-gradient average, so a weight whose gradient is ~0

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
+from picochat.cli.main import main
 from picochat.core.chat import render_prompt
 from picochat.core.checkpoint import load_model_dir, write_model_dir
-from picochat.cli.main import main
 from picochat.core.generate import SamplingConfig, generate
-from picochat.hf.export import export_model
 from picochat.core.model import GPT, ModelConfig
-from picochat.reward_model import RewardModel, reward_input_ids
 from picochat.core.tokenizer import Tokenizer
+from picochat.hf.export import export_model
+from picochat.reward_model import RewardModel, reward_input_ids
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,7 +63,8 @@ def test_transformers_greedy_chat_equals_picochat(run_dir, tmp_path):
     assert hf_tok.eos_token == "<|im_end|>" and hf_tok.pad_token == "<|pad|>"
     conversations = [json.loads(line)["messages"][:1] for line in
                      (run_dir / "world" / "chat_test.jsonl").read_text().splitlines()[:3]]
-    conversations.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好！Who is Mira?"}])
+    conversations.append([{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "你好！Who is Mira?"}])
     for messages in conversations:
         prompt = render_prompt(tok, messages)
         assert _chat_ids(hf_tok, messages) == prompt  # the Jinja template renders picochat's tokens

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from picochat.layout import load_model
 from picochat.cli.main import main
+from picochat.core.tokenizer import Tokenizer
 from picochat.hf.export import export_model
 from picochat.hf.importer import check_chat_encoding, init_new_rows
 from picochat.hf.llama_config import UnsupportedModelError, model_config_from_llama
-from picochat.core.tokenizer import Tokenizer
+from picochat.layout import load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -132,7 +132,8 @@ def test_unsupported_configs_are_refused(change, message):
 
 def test_rope_theta_from_either_config_style():
     assert model_config_from_llama({**LLAMA, "rope_theta": 5e5}).rope_theta == 5e5
-    assert model_config_from_llama({**LLAMA, "rope_parameters": {"rope_type": "default", "rope_theta": 7e4}}).rope_theta == 7e4
+    rope_parameters = {"rope_type": "default", "rope_theta": 7e4}
+    assert model_config_from_llama({**LLAMA, "rope_parameters": rope_parameters}).rope_theta == 7e4
     assert model_config_from_llama({**LLAMA, "rope_scaling": None}).rope_theta == 10000.0
 
 

@@ -155,7 +155,8 @@ def test_lm_loss():
     assert lm_loss(logits, torch.full((2, 3), -100)).item() == 0.0
     logits = torch.randn(2, 3, 5)
     targets = torch.randint(0, 5, (2, 3))
-    torch.testing.assert_close(lm_loss(logits, targets), torch.nn.functional.cross_entropy(logits.view(-1, 5), targets.view(-1)))
+    torch.testing.assert_close(lm_loss(logits, targets),
+                               torch.nn.functional.cross_entropy(logits.view(-1, 5), targets.view(-1)))
 
 
 def test_matches_hf_llama():

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from picochat.core.rollout import logprobs_from_logits
 from picochat.algos.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -22,6 +21,7 @@ from picochat.algos.ppo import (
     token_rewards,
     value_loss,
 )
+from picochat.core.rollout import logprobs_from_logits
 
 
 def close(actual, expected, tol=1e-5):

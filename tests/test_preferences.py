@@ -6,7 +6,11 @@ from pathlib import Path
 import pytest
 
 from picochat.data.preferences import (
-    PreferenceError, append_record, parse_record, prompt_key, read_preferences,
+    PreferenceError,
+    append_record,
+    parse_record,
+    prompt_key,
+    read_preferences,
     repair_torn_tail,
 )
 from picochat.data.readers import CorpusError

@@ -35,7 +35,7 @@ MICRO = ["tokenizer.vocab_size=512", "model.d_model=64", "model.n_layers=2", "mo
 
 def _head_jsonl(src: Path, n: int, dst: Path) -> Path:
     with gzip.open(src, "rt", encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
-        for i, line in zip(range(n), f):
+        for _, line in zip(range(n), f):
             out.write(line)
     return dst
 
@@ -50,7 +50,8 @@ def test_every_preset_is_coherent_and_states_time_and_memory():
     for name in available_presets():
         cfg = build_config(name)
         check_run(cfg)  # every stage finds what it reads; sequence lengths fit the model
-        text = (Path(__file__).resolve().parents[1] / "picochat" / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+        path = Path(__file__).resolve().parents[1] / "picochat" / "configs" / f"{name}.yaml"
+        text = path.read_text(encoding="utf-8")
         header = " ".join(line for line in text.splitlines() if line.startswith("#"))
         expected = header[header.find("Expected"):]
         assert "Expected" in header and re.search(r"\d ?(min|h)\b", expected), f"{name}.yaml: no expected time"
@@ -117,7 +118,8 @@ def test_hf_source_needs_datasets_and_is_downloaded_once(tmp_path, monkeypatch):
 def test_scalar_label_reward_model_learns_with_bce(run_dir, tmp_path):
     """Scalar labels end to end: texts whose last words carry the label, a bce reward model from
     the session's pretrained model; the loss falls and held-out texts are told apart."""
-    docs = [json.loads(x)["text"] for x in (run_dir / "world" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    corpus = (run_dir / "world" / "corpus.jsonl").read_text(encoding="utf-8")
+    docs = [json.loads(x)["text"] for x in corpus.splitlines()]
     data = tmp_path / "labels.jsonl"
     with open(data, "w", encoding="utf-8") as f:
         for i, doc in enumerate(docs[:240]):
@@ -179,9 +181,10 @@ def test_chinese_recipe_micro_tokenizer_pretrain_and_sft(tmp_path):
     _head_jsonl(SHARED_DATA / "sft_zh/llamafactory_alpaca_zh_demo.jsonl.gz", 80, tmp_path / "alpaca_zh.jsonl")
     out = tmp_path / "run"
     assert main(["run", "--preset", "chinese", "--out", str(out), "--no-progress", f"data_root={tmp_path}",
-                 "pretrain.sources=[reviews.jsonl]", "sft.sources=[alpaca_zh.jsonl]", *MICRO, "tokenizer.vocab_size=1200",
-                 "sft.seq_len=96", "sft.train.max_steps=4", "sft.train.batch_size=4", "sft.train.eval_every=2",
-                 "sft.train.eval_batches=2", "sft.train.log_every=2", "sft.val_fraction=0.2"]) == 0
+                 "pretrain.sources=[reviews.jsonl]", "sft.sources=[alpaca_zh.jsonl]", *MICRO,
+                 "tokenizer.vocab_size=1200", "sft.seq_len=96", "sft.train.max_steps=4", "sft.train.batch_size=4",
+                 "sft.train.eval_every=2", "sft.train.eval_batches=2", "sft.train.log_every=2",
+                 "sft.val_fraction=0.2"]) == 0
     from picochat.core.tokenizer import Tokenizer
 
     tok = Tokenizer.load(out / "tokenizer" / "tokenizer.json")

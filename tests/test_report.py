@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import TINY, kill_at_checkpoint
 
 from picochat.cli.main import main
-
-from conftest import TINY, kill_at_checkpoint
 
 PLOTS = ("losses.png", "reward_model.png", "ppo.png", "dpo.png", "before_after.png")
 
@@ -93,7 +92,8 @@ def test_report_figures_are_the_run_files_figures(run_dir, tmp_path, capsys):
 
     gold = GoldScorer(read_world(run / "world" / "world.json")[0])
     prompts = [p["messages"] for p in comparison["prompts"]]
-    assert [gold.score(p, r["answer"], finished=r["finished"]) for p, r in zip(prompts, sft)] == [r["gold"] for r in sft]
+    golds = [gold.score(p, r["answer"], finished=r["finished"]) for p, r in zip(prompts, sft)]
+    assert golds == [r["gold"] for r in sft]
     rm = RewardModel.load(run / "rm").score(prompts, [r["answer"] for r in sft], [r["finished"] for r in sft])
     assert max(abs(a - r["rm"]) for a, r in zip(rm, sft)) < 1e-3
 
@@ -143,7 +143,8 @@ def test_plan_estimates_only_the_stages_that_will_run(run_dir, tmp_path, capsys)
     cfg = build_config("tiny", overrides=parse_overrides(TINY))  # the config the fixture ran
     # Work counted from the config: pretraining trains on steps x batch x seq_len tokens.
     t = cfg.pretrain.train
-    assert stage_work("pretrain", cfg, 50).train_tokens == t.max_steps * t.batch_size * t.grad_accum_steps * cfg.pretrain.seq_len
+    assert (stage_work("pretrain", cfg, 50).train_tokens
+            == t.max_steps * t.batch_size * t.grad_accum_steps * cfg.pretrain.seq_len)
     assert stage_work("world", cfg, 50) is None
     speeds = Speeds(train_tokens_per_s=1000.0, sample_step_s=0.01)
     assert stage_work("dpo", cfg, 100).seconds(speeds) > stage_work("dpo", cfg, 50).seconds(speeds)
@@ -154,7 +155,8 @@ def test_plan_estimates_only_the_stages_that_will_run(run_dir, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "training tokens/s" in out
     assert estimate["ppo"] == 0 and estimate["dpo"] > 0 and estimate["report"] > 0
-    lines = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.startswith("  ") and "total" not in line}
+    lines = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]
+             if line.startswith("  ") and "total" not in line}
     assert lines == {"ppo": "reuse", "dpo": "run", "report": "run"}
 
 
@@ -200,10 +202,10 @@ def test_pipeline_killed_in_ppo_resumes_to_the_uninterrupted_result(run_dir, tmp
 def test_held_out_prompts_too_long_for_the_models_are_left_out_not_fatal(run_dir):
     # A report.max_new_tokens that leaves room only for the shortest prompts: the comparison takes
     # the prompts that fit (instead of raising for the whole batch, as long HH dialogues once did).
-    from picochat.core.chat import render_prompt
     from picochat.config import build_config
-    from picochat.report.compare import answer_room, held_out_prompts
+    from picochat.core.chat import render_prompt
     from picochat.core.tokenizer import Tokenizer
+    from picochat.report.compare import answer_room, held_out_prompts
 
     tok = Tokenizer.load(run_dir / "sft" / "tokenizer.json")
     everything, _ = held_out_prompts(run_dir, 10_000)

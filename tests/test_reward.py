@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-from picochat.data.preferences import PreferenceRecord
-from picochat.core.model import GPT, ModelConfig
-from picochat.reward_model import pad_right, reward_input_ids, scores_at
-from picochat.train.reward import (EncodedRecord, best_of_n_gold, collate, fit_normalization, pair_metrics,
-                                   reward_loss)
 from picochat.algos.reward_losses import best_of_k_loss, pairwise_loss, scalar_loss
+from picochat.core.model import GPT, ModelConfig
+from picochat.data.preferences import PreferenceRecord
+from picochat.reward_model import pad_right, reward_input_ids, scores_at
+from picochat.train.reward import EncodedRecord, best_of_n_gold, collate, fit_normalization, pair_metrics, reward_loss
 
 
 def test_pairwise_loss_matches_hand_computed_values():
@@ -111,10 +110,12 @@ def test_best_of_n_gold_gain_against_hand_computed_values(world_tokenizer):
     # only: it counts for n=2, not n=4). Prompts without gold scores, or with malformed ones (not
     # one number per response), count for nothing.
     gold_a, gold_b = [1.0, 0.0, 0.5, 0.0], [0.0, 1.0]
-    recs = [PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [2], [1, 3]], meta={"gold_scores": gold_a}),
+    recs = [PreferenceRecord(prompt=PROMPT, responses=ANSWERS, ranking=[[0], [2], [1, 3]],
+                             meta={"gold_scores": gold_a}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": gold_b}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]]),
-            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": [0.0, 0.0, 1.0]}),
+            PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]],
+                             meta={"gold_scores": [0.0, 0.0, 1.0]}),
             PreferenceRecord(prompt=PROMPT, responses=ANSWERS[:2], ranking=[[1], [0]], meta={"gold_scores": ["a", 1]})]
     enc = [EncodedRecord(r, world_tokenizer, 128) for r in recs]
     scores = [[0.5, -1.0, 0.9, 0.0], [2.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
+from conftest import SMALL_WORLD
 
 from picochat.config import TrainConfig
 from picochat.core.model import GPT, ModelConfig, lm_loss
 from picochat.train.sft import IGNORE, make_val_loss, pad_batch, sft_batch, tokenize_conversations
 from picochat.train.trainer import Trainer
 from picochat.world import ChatTasksConfig, build_world, generate_chat_tasks
-
-from conftest import SMALL_WORLD
 
 CONV = [
     {"role": "system", "content": "Be brief."},

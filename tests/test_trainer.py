@@ -8,12 +8,12 @@ import signal
 import pytest
 import torch
 
-from picochat.core.checkpoint import load_model_dir
+from picochat.algos.schedule import lr_at
 from picochat.config import TrainConfig
+from picochat.core.checkpoint import load_model_dir
 from picochat.core.io import MetricsLog
 from picochat.core.model import GPT, ModelConfig, lm_loss
 from picochat.train.pretrain import make_evaluator, random_windows
-from picochat.algos.schedule import lr_at
 from picochat.train.trainer import Trainer
 
 SEQ = 64

@@ -6,9 +6,18 @@ import re
 import pytest
 
 from picochat.world import (
-    ATTRIBUTES, World, WorldConfig, build_world, generate_corpus, iter_facts, read_world, write_world, zh,
+    ATTRIBUTES,
+    World,
+    WorldConfig,
+    build_world,
+    corpus,
+    generate_corpus,
+    iter_facts,
+    read_world,
+    vocab,
+    write_world,
+    zh,
 )
-from picochat.world import corpus, vocab
 
 SMALL = WorldConfig(seed=7, n_characters=12, n_places=5, corpus_mb=0.2)
 
@@ -112,7 +121,7 @@ def test_bios_and_cards_state_all_facts(small_docs):
             continue
         lang = d["lang"]
 
-        def states_all(c):
+        def states_all(c, lang=lang, d=d):
             name = c.name if lang == "en" else c.name_zh
             values = [str(getattr(c, a)) if lang == "en" else zh(getattr(c, a)) for a in ATTRIBUTES]
             return all(v in d["text"] for v in [name] + values)

@@ -8,8 +8,15 @@ import statistics
 import pytest
 
 from picochat.world import (
-    ATTRIBUTES, ChatExample, ChatTasksConfig, GoldScorer, WorldConfig, build_world, generate_chat_tasks,
-    read_chat_examples, write_chat_tasks,
+    ATTRIBUTES,
+    ChatExample,
+    ChatTasksConfig,
+    GoldScorer,
+    WorldConfig,
+    build_world,
+    generate_chat_tasks,
+    read_chat_examples,
+    write_chat_tasks,
 )
 from picochat.world.tasks import TASKS, heldout, user_texts
 

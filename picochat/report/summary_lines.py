@@ -32,14 +32,16 @@ def policy_line(s: dict) -> str:
     if "gold_score" not in s:
         line = f"{s.get('iterations', s.get('steps'))} steps"
         if "reward_after_mean" in s:
-            line += (f", reward-model score of samples mean {s['reward_before_mean']:.3f} -> {s['reward_after_mean']:.3f}, "
+            line += (f", reward-model score of samples mean {s['reward_before_mean']:.3f} -> "
+                     f"{s['reward_after_mean']:.3f}, "
                      f"median {s['reward_before_median']:.3f} -> {s['reward_after_median']:.3f} "
                      f"({s['baseline']} -> {s['stage']}), KL to {s['baseline']} {s['kl']:.2f}")
         return line
     g = s.get("gold_gain_sampled") or {}
     return (f"gold score greedy {s['gold_score']:.3f} / sampled {s['gold_score_sampled']:.3f} "
             f"(SFT {s['gold_score_sft']:.3f} / {s['gold_score_sft_sampled']:.3f}; sampled gain "
-            f"{g.get('mean', float('nan')):+.3f}, 95% CI [{g.get('ci95', [0, 0])[0]:+.3f}, {g.get('ci95', [0, 0])[1]:+.3f}]), "
+            f"{g.get('mean', float('nan')):+.3f}, "
+            f"95% CI [{g.get('ci95', [0, 0])[0]:+.3f}, {g.get('ci95', [0, 0])[1]:+.3f}]), "
             f"KL to SFT {s['kl']:.2f}")
 
 

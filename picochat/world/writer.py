@@ -26,10 +26,12 @@ def _commit(f, tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_world(out_dir: str | os.PathLike, cfg: WorldConfig = WorldConfig()) -> dict:
-    """Build the world for cfg, write out_dir/world.json and out_dir/corpus.jsonl, return a summary
-    {n_characters, n_places, n_docs, n_bytes (UTF-8 bytes of document text), n_docs_zh,
-    n_docs_arithmetic}."""
+def write_world(out_dir: str | os.PathLike, cfg: WorldConfig | None = None) -> dict:
+    """Build the world for cfg (default WorldConfig()), write out_dir/world.json and
+    out_dir/corpus.jsonl, return a summary {n_characters, n_places, n_docs, n_bytes (UTF-8 bytes
+    of document text), n_docs_zh, n_docs_arithmetic}."""
+    if cfg is None:
+        cfg = WorldConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = build_world(cfg)
