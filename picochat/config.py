@@ -238,6 +238,9 @@ PPO_UNUSED_TRAIN = {
 }
 
 
+PPO_REWARDS = ("rm", "gold")  # the rewards of picochat.train.rewards, by name
+
+
 @dataclass
 class PPOConfig:
     init: str = ""  # policy start and frozen reference: a stage of this run or a directory; empty = sft
@@ -249,7 +252,12 @@ class PPOConfig:
     prompt_field: str = "text"  # format=text: the field of the prompt files that holds the text
     prompt_tokens: int = 8  # format=text: a prompt is the first this-many tokens of a document
     max_prompt_tokens: int = 0  # skip longer prompts (0 = whatever leaves max_new_tokens of room)
-    rollout_prompts: int = 64  # prompts (one response each) per iteration, per process under torchrun
+    reward: str = "rm"  # what PPO maximises: rm (the reward model) | gold (the world's gold scorer, a perfect reward)
+    rollout_prompts: int = 64  # prompts per iteration (samples_per_prompt answers each), per process under torchrun
+    samples_per_prompt: int = 1  # answers sampled per prompt: a group, whose mean is the baseline of rloo/grpo
+    advantage: str = "gae"  # gae (value model + GAE) | rloo (leave-one-out group baseline) | grpo (group z-score)
+    kl_penalty: str = "reward"  # reward: −kl_coef·KL on every token's reward | loss: kl_coef·k3 KL term in the loss
+    whiten_advantages: bool = True  # normalise the advantages of each iteration to mean 0, std 1
     max_new_tokens: int = 64
     temperature: float = 1.0  # rollout temperature, also used for the training log-probs
     no_eos_penalty: float = -1.0  # added to the score of a response that never ended
@@ -299,6 +307,17 @@ class PPOConfig:
             raise ConfigError(f"ppo.kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
         if self.temperature <= 0:
             raise ConfigError("ppo.temperature must be > 0 (the policy's log-probs are taken at this temperature)")
+        if self.reward not in PPO_REWARDS:
+            raise ConfigError(f"ppo.reward must be one of {', '.join(PPO_REWARDS)}, got {self.reward!r}")
+        if self.advantage not in ("gae", "rloo", "grpo"):
+            raise ConfigError(f"ppo.advantage must be gae, rloo or grpo, got {self.advantage!r}")
+        if self.advantage != "gae" and self.samples_per_prompt < 2:
+            raise ConfigError(f"ppo.advantage={self.advantage} compares the answers of one prompt: set "
+                              f"ppo.samples_per_prompt to 2 or more (e.g. 4), got {self.samples_per_prompt}")
+        if self.kl_penalty not in ("reward", "loss"):
+            raise ConfigError(f"ppo.kl_penalty must be reward or loss, got {self.kl_penalty!r}")
+        if self.samples_per_prompt < 1:
+            raise ConfigError(f"ppo.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
         if self.rollout_prompts < 1 or self.minibatch_size < 1 or self.epochs < 1:
             raise ConfigError("ppo.rollout_prompts, minibatch_size and epochs must be >= 1")
         if self.train.parallel != "ddp":
@@ -315,6 +334,11 @@ class PPOConfig:
         if self.format != "text":
             unused |= {k: "it shapes plain-text prompts (ppo.format=text), and ppo.format is chat"
                        for k in ("prompt_field", "prompt_tokens")}
+        if self.advantage != "gae":
+            unused |= {k: f"it belongs to the value model and GAE, which ppo.advantage={self.advantage} does not use"
+                       for k in ("value_init", "vf_coef", "vf_clip_range", "gamma", "lam")}
+        if self.reward != "rm":
+            unused["reward_model"] = f"ppo.reward is {self.reward}, not the reward model"
         if self.prompts and self.eval_prompts > 0:
             unused["eval_max_new_tokens"] = ("with ppo.prompts the held-out evaluation samples ppo.max_new_tokens "
                                              "tokens (the rollout length); it caps the gold evaluation on the "

@@ -17,7 +17,7 @@ PROMPTS = ["What is 2 + 3?", "Where does Mira live?", "Tell me a story.", "ç±³æ‹
            "What is 10 + 20?", "Who is your friend?", "Hello!", "What is 7 + 1?"]
 
 
-def _setup(run_dir, tmp_path, iterations: int, epochs: int = 2):
+def _setup(run_dir, tmp_path, iterations: int, epochs: int = 2, **extra):
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p, "chosen": "a", "rejected": "b"}, ensure_ascii=False) + "\n"
                                     for p in PROMPTS), encoding="utf-8")
@@ -26,6 +26,7 @@ def _setup(run_dir, tmp_path, iterations: int, epochs: int = 2):
         "ppo.rollout_prompts": 8, "ppo.minibatch_size": 4, "ppo.epochs": epochs, "ppo.max_new_tokens": 8,
         "ppo.kl_coef": 0.0, "ppo.train.lr": 3e-3, "ppo.train.lr_warmup_steps": 1, "ppo.train.max_steps": iterations,
         "ppo.train.ckpt_every": 1, "ppo.train.precision": "fp32", "ppo.eval_prompts": 0,
+        **{f"ppo.{k}": v for k, v in extra.items()},
     }
     base = parse_overrides(TINY)
     cfg = build_config("tiny", overrides={**base, **overrides})
@@ -77,27 +78,67 @@ def test_ppo_raises_the_probability_of_the_rewarded_response(run_dir, tmp_path):
     assert len(trainer.metrics.read()) == 10
 
 
+GROUP = {"advantage": "rloo", "samples_per_prompt": 4, "rollout_prompts": 4}
+
+
+def test_group_rollouts_raise_the_probability_of_each_groups_best_answer(run_dir, tmp_path):
+    """RLOO: 4 answers per prompt, each against the mean of the other 3; no value model is built."""
+    cfg = _setup(run_dir, tmp_path, iterations=10, epochs=4, **GROUP)
+    trainer = PPOTrainer(cfg, tmp_path / "out", show_progress=False)
+    assert trainer.value is None and trainer.trained_models() == [trainer.policy]
+    targets = _targets(trainer)
+    before = _mean_logprob(trainer, targets)
+    trainer._score = _reward_for(targets)
+    assert trainer.fit()
+    after = _mean_logprob(trainer, targets)
+    assert after > before + 0.1, (before, after)
+    record = trainer.metrics.read()[-1]
+    assert "value_loss" not in record and "explained_variance" not in record
+    assert not (tmp_path / "out" / "ppo" / "checkpoint" / "value").exists()
+
+
+def test_a_toy_reward_is_learned_in_a_few_iterations(run_dir, tmp_path):
+    """'Answer in digits' as the whole reward (the share of an answer's characters that are
+    digits): the reward of the rollouts rises within a few iterations, with GRPO and the KL as a
+    loss term (kl_coef 0 here, so only the reward moves the policy)."""
+    cfg = _setup(run_dir, tmp_path, iterations=8, epochs=2, advantage="grpo", samples_per_prompt=4,
+                 rollout_prompts=8, kl_penalty="loss", max_new_tokens=16, no_eos_penalty=0.0)
+    trainer = PPOTrainer(cfg, tmp_path / "out", show_progress=False)
+    trainer.reward_fn = lambda prompts, texts, finished: [sum(c.isdigit() for c in t) / max(1, len(t)) for t in texts]
+    assert trainer.fit()
+    rewards = [r["reward"] for r in trainer.metrics.read()]
+    assert sum(rewards[-2:]) / 2 > 2 * sum(rewards[:2]) / 2 + 0.05, rewards
+
+
 def test_ppo_kill_and_resume_equals_uninterrupted(run_dir, tmp_path):
-    cfg = _setup(run_dir, tmp_path, iterations=4)
+    _kill_and_resume_equals_uninterrupted(run_dir, tmp_path, {})
+
+
+def test_group_rollout_kill_and_resume_equals_uninterrupted(run_dir, tmp_path):
+    _kill_and_resume_equals_uninterrupted(run_dir, tmp_path, GROUP)
+
+
+def _kill_and_resume_equals_uninterrupted(run_dir, tmp_path, extra: dict):
+    cfg = _setup(run_dir, tmp_path, iterations=4, **extra)
     full = PPOTrainer(cfg, tmp_path / "full", show_progress=False)
     targets = _targets(full)
     full._score = _reward_for(targets)
     full.fit()
 
-    cfg_half = _setup(run_dir, tmp_path, iterations=2)
+    cfg_half = _setup(run_dir, tmp_path, iterations=2, **extra)
     first = PPOTrainer(cfg_half, tmp_path / "resumed", show_progress=False)
     first._score = _reward_for(targets)
     first.fit()  # stops after 2 iterations with a checkpoint, as a killed run would have
     # A checkpoint written before PPO saved through picochat.core.checkpoint had no "step": it resumes too.
     state_file = tmp_path / "resumed" / "ppo" / "checkpoint" / "trainer_state.pt"
-    assert (state_file.parent / "value" / "model.safetensors").exists()
+    assert (state_file.parent / "value" / "model.safetensors").exists() == (full.value is not None)
     state = torch.load(state_file, weights_only=True)
     assert state.pop("step") == state["iteration"] == 2
     torch.save(state, state_file)
     second = PPOTrainer(cfg, tmp_path / "resumed", show_progress=False)
     second._score = _reward_for(targets)
     second.fit()
-    keys = ("reward", "kl", "policy_loss", "value_loss", "entropy", "response_length")
+    keys = ("reward", "kl", "policy_loss", "entropy", "response_length") + (("value_loss",) if full.value else ())
     a = [[r[k] for k in keys] for r in full.metrics.read()]
     b = [[r[k] for k in keys] for r in second.metrics.read()]
     assert a == b

@@ -156,6 +156,41 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, returns
 
 
+def rloo_advantages(seq_rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): seq_rewards (P, k), the rewards of k samples of
+    each of P prompts -> (P, k), each minus the mean reward of the other k − 1 samples of its prompt.
+
+    The baseline is the prompt's own difficulty, measured without the sample itself, so the
+    estimate stays unbiased and a prompt whose samples all score alike teaches nothing."""
+    k = seq_rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got {k}")
+    others_mean = (seq_rewards.sum(1, keepdim=True) - seq_rewards) / (k - 1)
+    return seq_rewards - others_mean
+
+
+def grpo_advantages(seq_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's group-relative advantage (Shao et al. 2024): seq_rewards (P, k) -> (P, k), each reward
+    minus its prompt's mean, divided by its prompt's (unbiased) standard deviation + eps."""
+    if seq_rewards.shape[1] < 2:
+        raise ValueError(f"GRPO needs at least 2 samples per prompt, got {seq_rewards.shape[1]}")
+    mean = seq_rewards.mean(1, keepdim=True)
+    std = seq_rewards.std(1, keepdim=True)
+    return (seq_rewards - mean) / (std + eps)
+
+
+def sequence_to_token_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One advantage per response (B,) -> (B, T): the same value on every response token, 0 on padding."""
+    return advantages[:, None].to(mask.dtype) * mask
+
+
+def k3_kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The KL to the reference as a loss term (GRPO), instead of a penalty inside the reward: the
+    mean over valid tokens of the k3 estimate exp(ref − lp) − (ref − lp) − 1 (Schulman 2020), which
+    is ≥ 0, unbiased for KL(policy‖ref) on the policy's own samples, and differentiable in lp."""
+    return masked_mean(kl_penalty(_valid(logprobs, mask), _valid(ref_logprobs, mask), "k3"), mask)
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_range: float = 0.2) -> tuple[torch.Tensor, dict]:
     """PPO's clipped surrogate (Schulman et al. 2017), a loss to minimise (a scalar).

@@ -161,9 +161,12 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
                     forward_tokens=scored)
     if name == "ppo":
         p = cfg.ppo
-        rows = p.rollout_prompts * (chat_tokens / 2 + p.max_new_tokens)  # a prompt, padded to the longest answer
-        per_iteration = Work(train_tokens=2 * p.epochs * rows, forward_tokens=4 * rows,  # policy+value; 4 models read
-                             sample_steps=p.max_new_tokens * max(1.0, p.rollout_prompts / SAMPLE_ROWS))
+        answers = p.rollout_prompts * p.samples_per_prompt
+        rows = answers * (chat_tokens / 2 + p.max_new_tokens)  # a prompt, padded to the longest answer
+        trained = 2 if p.advantage == "gae" else 1  # policy (+ value)
+        read = 2 + (p.advantage == "gae") + (p.reward == "rm")  # policy, reference (+ value) (+ reward model)
+        per_iteration = Work(train_tokens=trained * p.epochs * rows, forward_tokens=read * rows,
+                             sample_steps=p.max_new_tokens * max(1.0, answers / SAMPLE_ROWS))
         # with your own prompts the evaluation samples answers of the rollout length (ppo.eval_* in config.py)
         eval_new = p.max_new_tokens if p.prompts else p.eval_max_new_tokens
         evals = _gold_eval_steps(p.eval_prompts, p.eval_samples, eval_new, 2) \

@@ -48,10 +48,22 @@ STAGES: dict[str, Stage] = {
 assert tuple(STAGES) == STAGE_NAMES, "layout.STAGE_NAMES and the registry list the stages in one order"
 
 
+# Settings added after runs had been made with the code before them, and the value that computes
+# what that code computed. At that value a setting is left out of the fingerprint, so those runs are
+# reused, not redone; any other value changes the fingerprint as every setting does.
+ADDED_SETTINGS = {
+    "ppo": {"reward": "rm", "samples_per_prompt": 1, "advantage": "gae", "kl_penalty": "reward",
+            "whiten_advantages": True},
+}
+
+
 def stage_fingerprint(name: str, cfg: RunConfig) -> str:
     stage = STAGES[name]
     d = cfg.to_dict()
     parts = {s: d[s] for s in stage.sections}
+    for section, added in ADDED_SETTINGS.items():
+        if section in parts:
+            parts[section] = {k: v for k, v in parts[section].items() if k not in added or v != added[k]}
     for section in parts.values():
         # DDP or FSDP changes how the work is spread over processes, not what it computes: a stage
         # done (or checkpointed) under one is reused (or resumed) under the other.
@@ -76,9 +88,11 @@ def upstream_of(name: str, cfg: RunConfig) -> list[str]:
     elif name == "rm":
         needed = {stage_reference(cfg.rm.init, "sft"), "label" if not cfg.rm.sources else None}
     elif name == "ppo":
-        reward = stage_reference(cfg.ppo.reward_model, "rm")
-        needed = {stage_reference(cfg.ppo.init, "sft"), reward, stage_reference(cfg.ppo.value_init, reward),
-                  "world" if not cfg.ppo.prompts else None}
+        pcfg = cfg.ppo
+        reward = stage_reference(pcfg.reward_model, "rm") if pcfg.reward == "rm" else None
+        # the value model (gae only) starts from value_init, else the reward model, else the policy's start
+        value = stage_reference(pcfg.value_init, reward) if pcfg.advantage == "gae" else None
+        needed = {stage_reference(pcfg.init, "sft"), reward, value, "world" if not pcfg.prompts else None}
     elif name == "dpo":
         needed = {stage_reference(cfg.dpo.init, "sft")} | ({"label", "world"} if not cfg.dpo.sources else set())
     else:

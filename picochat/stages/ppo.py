@@ -26,9 +26,10 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
           + (f", {len(trainer.eval_prompts):,} more held out" if trainer.eval_prompts else "")
           + (f", {trainer.n_prompts_too_long:,} too long skipped" if trainer.n_prompts_too_long else "")
           + (f", {len(trainer.problems):,} invalid skipped" if trainer.problems else "")
-          + f"); {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts * trainer.world_size} "
-          f"rollouts, {cfg.ppo.epochs} epochs; kl_coef {cfg.ppo.kl_coef} "
-          f"({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'})")
+          + f"); {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts * trainer.world_size} prompts x "
+          f"{cfg.ppo.samples_per_prompt} answers, {cfg.ppo.epochs} epochs; reward {cfg.ppo.reward}, advantage "
+          f"{cfg.ppo.advantage}, kl_coef {cfg.ppo.kl_coef} ({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'}, "
+          f"in the {cfg.ppo.kl_penalty})")
     if not trainer.fit():
         raise KeyboardInterrupt
     if not trainer.is_main:  # under torchrun, rank 0 alone writes the policy and evaluates it
@@ -36,7 +37,7 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     stage_dir = trainer.stage_dir
     write_model_dir(stage_dir, trainer.policy, trainer.tokenizer_file,
                     {"stage": "ppo", "iterations": trainer.iteration, "init": str(trainer.init_dir),
-                     "reward_model": str(trainer.rm_dir)})
+                     "reward": cfg.ppo.reward, "reward_model": str(trainer.rm_dir) if trainer.rm_dir else None})
     # A plain-text policy (format=text) is a base model: its generations end at <|endoftext|>.
     write_tokenizer_config(stage_dir, **({"eos_token": EOT} if cfg.ppo.format == "text" else {}))
     history = trainer.metrics.read()
@@ -60,9 +61,10 @@ def _throughput(trainer: PPOTrainer, history: list[dict]) -> dict:
     wall = sum(r["seconds"] for r in history)
     if not tokens or wall <= 0:
         return {}
-    rows = trainer.pcfg.epochs * trainer.pcfg.rollout_prompts * trainer.world_size * len(history)
+    pcfg = trainer.pcfg
+    rows = pcfg.epochs * pcfg.rollout_prompts * pcfg.samples_per_prompt * trainer.world_size * len(history)
     seq = max(1, round(tokens / rows))  # mean tokens per row
-    flops = tokens * (trainer.policy.flops_per_token(seq) + trainer.value.flops_per_token(seq))
+    flops = tokens * sum(m.flops_per_token(seq) for m in trainer.trained_models())
     return {"tokens": int(tokens), "tokens_per_s": tokens / wall,
             "mfu": flops / wall / measured_matmul_peak_flops(trainer.precision, trainer.device.type)}
 
@@ -90,9 +92,10 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: PPOTrainer, label: str, 
 
     def rm_scores(result: dict) -> list[float]:  # RM score of the T=1 samples evaluate_gold drew
         texts, finished = zip(*result["samples"])
-        return trainer.reward.score(prompts * k, list(texts), list(finished))
+        return trainer.reward_model.score(prompts * k, list(texts), list(finished))
 
-    rewards = compare_rewards(rm_scores(before), rm_scores(after), len(prompts)) if "samples" in after else None
+    scored = "samples" in after and trainer.reward_model is not None  # reward=gold: no reward model
+    rewards = compare_rewards(rm_scores(before), rm_scores(after), len(prompts)) if scored else None
     return {
         **comparison.summary(),
         "rm_score_sampled": rewards["after"]["mean"] if rewards else None,
@@ -108,7 +111,7 @@ def _evaluate_without_gold(trainer: PPOTrainer, pcfg: PPOConfig, baseline: str, 
     its starting model on the held-out prompts, and the KL between them."""
 
     prompts = trainer.eval_prompts
-    result = evaluate_reward(trainer.policy, trainer.reference, trainer.reward, trainer.tokenizer, prompts,
+    result = evaluate_reward(trainer.policy, trainer.reference, trainer.reward_model, trainer.tokenizer, prompts,
                              n_samples=pcfg.eval_samples, max_new_tokens=pcfg.max_new_tokens, seed=pcfg.train.seed,
                              precision=trainer.precision)
     kl = sampled_kl(trainer.policy, trainer.reference, trainer.tokenizer, prompts, trainer.precision,

@@ -1,16 +1,20 @@
 """RLHF with PPO (`picochat ppo`): optimise the SFT policy against the reward model, on a KL leash.
 
 One iteration, InstructGPT-style:
-  1. rollout: sample a response to each of a batch of prompts from the policy (KV-cache sampler);
-  2. score: reward-model score of each (normalised as stored in the RM checkpoint), minus a
-     penalty for responses that never end; per-token reward = −β·KL(policy‖SFT) on every token
-     plus the score on the last one;
-  3. advantages: values from the value model (initialised from the reward model), GAE;
+  1. rollout: sample `samples_per_prompt` responses to each of a batch of prompts from the policy
+     (KV-cache sampler);
+  2. score: the reward `ppo.reward` names (the reward model's normalised score, or the gold
+     scorer's), minus a penalty for responses that never end; per-token reward = −β·KL(policy‖SFT)
+     on every token plus the score on the last one (or β·KL as a loss term: `ppo.kl_penalty=loss`);
+  3. advantages: `gae` with values from the value model (initialised from the reward model), or,
+     with no value model at all, `rloo` / `grpo`: each response's reward against the other
+     responses to the same prompt;
   4. update: several epochs over shuffled minibatches of the clipped policy loss and clipped
      value loss (+ optional PPO-ptx pretraining loss), with gradient accumulation and clipping.
-Four models: policy (trained), value (trained), reference = SFT (frozen), reward (frozen); none
-has dropout. Everything random derives from (seed, iteration), and the checkpoint holds both
-trained models, the optimizer and the KL controller, so a resumed run equals an uninterrupted one.
+Up to four models: policy (trained), value (trained; gae only), reference = SFT (frozen), reward
+model (frozen; reward=rm only); none has dropout. Everything random derives from (seed,
+iteration), and the checkpoint holds the trained models, the optimizer and the KL controller, so
+a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,9 +34,13 @@ from picochat.algos.ppo import (
     entropy_from_logits,
     explained_variance,
     gae,
+    grpo_advantages,
+    k3_kl_loss,
     masked_mean,
     masked_whiten,
     policy_loss,
+    rloo_advantages,
+    sequence_to_token_advantages,
     token_rewards,
     value_loss,
     whiten_with,
@@ -43,13 +51,12 @@ from picochat.core.checkpoint import TOKENIZER_FILE, load_checkpoint_state, load
 from picochat.core.io import MetricsLog
 from picochat.core.model import lm_loss
 from picochat.core.precision import autocast, default_device, resolve_precision
-from picochat.core.prompt import reward_input
 from picochat.core.rollout import Rollout, response_logits, response_logprobs, sample_rollout
 from picochat.data.ppo_prompts import load_ppo_prompts
 from picochat.data.shards import load_shards
 from picochat.layout import load_model, load_model_and_tokenizer, model_location, world_file
-from picochat.reward_model import RewardModel
 from picochat.train.pretrain import random_windows
+from picochat.train.rewards import build_reward
 from picochat.train.trainer import GracefulInterrupt, build_optimizer
 from picochat.world import GoldScorer, read_world
 
@@ -88,24 +95,22 @@ class PPOTrainer:
         self.device = default_device()
         self.precision = resolve_precision(self.pcfg.precision, self.device)
         init = model_location(self.pcfg.init, "sft", self.out)
-        rm_dir = model_location(self.pcfg.reward_model, "rm", self.out)
         self.policy, self.tokenizer, meta = load_model_and_tokenizer(init, self.device)
         self.tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into every model directory written
         self.reference, _ = load_model(init, self.device)
-        self.reward = RewardModel.load(rm_dir, self.device)
-        self.value, _ = load_model(model_location(self.pcfg.value_init, "", self.out) if self.pcfg.value_init
-                                       else rm_dir, self.device)
-        for frozen in (self.reference, self.reward.model):
-            frozen.requires_grad_(False).eval()
-        self.init_dir, self.rm_dir = init, rm_dir
+        self.reference.requires_grad_(False).eval()
+        self.reward_fn, self.reward_model = build_reward(self.pcfg, self.out, self.device)
+        self.rm_dir = model_location(self.pcfg.reward_model, "rm", self.out) if self.reward_model else None
+        self.init_dir = init
+        self.value = self._value_model(init) if self.pcfg.advantage == "gae" else None  # critic-free: none
         # The update's forward passes go through DDP (gradients all-reduced); rollouts, scores and
         # old log-probs use the plain modules, which need no communication.
         self.policy_ddp = parallel.wrap(self.policy, "ddp", self.device)
-        self.value_ddp = parallel.wrap(self.value, "ddp", self.device)
+        self.value_ddp = parallel.wrap(self.value, "ddp", self.device) if self.value is not None else None
         tcfg = self.pcfg.train
         if tcfg.threads > 0:
             torch.set_num_threads(tcfg.threads)
-        self.optimizer = build_optimizer(torch.nn.ModuleList([self.policy, self.value]), tcfg, self.device)
+        self.optimizer = build_optimizer(torch.nn.ModuleList(self.trained_models()), tcfg, self.device)
         self.kl_ctl = kl_controller(self.pcfg)
         prompt_sets = load_ppo_prompts(self.pcfg, self.out, self.tokenizer, self.policy.cfg.max_seq_len)
         self.prompts, self.eval_prompts = prompt_sets.train, prompt_sets.held_out  # held_out: from files only
@@ -125,6 +130,22 @@ class PPOTrainer:
         if world_file(self.out).exists() and not self.pcfg.prompts:
             self.gold = GoldScorer(read_world(world_file(self.out))[0])
 
+    def _value_model(self, init) -> torch.nn.Module:
+        """The value model's start: ppo.value_init, else the reward model (InstructGPT), else (a
+        reward that is no model) the policy's start with a fresh scalar head."""
+        if self.pcfg.value_init:
+            return load_model(model_location(self.pcfg.value_init, "", self.out), self.device)[0]
+        if self.rm_dir is not None:
+            return load_model(self.rm_dir, self.device)[0]
+        value, _ = load_model(init, self.device)
+        torch.manual_seed(self.pcfg.train.seed)
+        value.set_head("scalar")
+        torch.nn.init.normal_(value.score.weight, std=1e-3)  # start from no opinion
+        return value.to(self.device)
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        return [self.policy] + ([self.value] if self.value is not None else [])
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self) -> None:
@@ -134,9 +155,9 @@ class PPOTrainer:
             return
         state = {"step": self.iteration, "iteration": self.iteration, "optimizer": self.optimizer.state_dict(),
                  "kl_ctl": self.kl_ctl.state_dict(), "torch_rng": torch.get_rng_state()}
+        extra = {VALUE_DIR: (self.value, {"stage": "ppo-value"})} if self.value is not None else {}
         save_checkpoint(self.stage_dir, self.policy, self.tokenizer_file, state,
-                        {"stage": "ppo", "iteration": self.iteration},
-                        extra_models={VALUE_DIR: (self.value, {"stage": "ppo-value"})})
+                        {"stage": "ppo", "iteration": self.iteration}, extra_models=extra)
 
     def try_resume(self) -> bool:
         """Load the latest checkpoint, if any (also one written before trainer_state.pt had "step":
@@ -146,7 +167,8 @@ class PPOTrainer:
             return False
         ckpt, state = found
         load_weights(self.policy, ckpt)
-        load_weights(self.value, ckpt / VALUE_DIR)
+        if self.value is not None:
+            load_weights(self.value, ckpt / VALUE_DIR)
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         torch.set_rng_state(state["torch_rng"])
@@ -167,15 +189,13 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _score(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores used as reward (B,), raw normalised RM scores (B,)). A chat answer that never
-        ended is penalised; a text continuation is cut at its length on purpose and is not."""
-        inputs = [reward_input(p, t) for p, t in zip(ro.prompts, ro.texts)]
-        rm_scores = torch.tensor(self.reward.score([p for p, _ in inputs], [r for _, r in inputs],
-                                                   ro.finished.tolist()))
+        """(scores used as reward (B,), the reward function's own scores (B,)). A chat answer that
+        never ended is penalised; a text continuation is cut at its length on purpose and is not."""
+        raw = torch.tensor(self.reward_fn(ro.prompts, ro.texts, ro.finished.tolist()), dtype=torch.float32)
         if self.pcfg.format == "text":
-            return rm_scores.clone(), rm_scores
-        scores = rm_scores + (~ro.finished).float() * self.pcfg.no_eos_penalty
-        return scores, rm_scores
+            return raw.clone(), raw
+        scores = raw + (~ro.finished).float() * self.pcfg.no_eos_penalty
+        return scores, raw
 
     @torch.no_grad()
     def _old_values_and_logprobs(self, ro: Rollout):
@@ -184,7 +204,7 @@ class PPOTrainer:
             self.policy.eval()
             logprobs, _ = response_logprobs(self.policy, ids, attn, ro.prompt_width, self.pcfg.temperature)
             ref_logprobs, _ = response_logprobs(self.reference, ids, attn, ro.prompt_width, self.pcfg.temperature)
-            values = response_logits(self.value, ids, attn, ro.prompt_width).float()
+            values = None if self.value is None else response_logits(self.value, ids, attn, ro.prompt_width).float()
         return logprobs, ref_logprobs, values
 
     def _ptx_loss(self, step_seed: list[int]) -> torch.Tensor:
@@ -197,27 +217,30 @@ class PPOTrainer:
         pcfg = self.pcfg
         seed = pcfg.train.seed
         t0 = time.perf_counter()
-        prompts = self._prompt_batch()
+        # A group is the samples_per_prompt rows of one prompt, side by side: rows i*k .. i*k+k-1.
+        prompts = [p for p in self._prompt_batch() for _ in range(pcfg.samples_per_prompt)]
         ro = sample_rollout(self.policy, self.tokenizer, prompts, pcfg.max_new_tokens, pcfg.temperature,
                             seed=distributed.rank_seed(seed * 100_003 + self.iteration), precision=self.precision)
         t_rollout = time.perf_counter() - t0
-        scores, rm_scores = self._score(ro)
+        scores, raw_scores = self._score(ro)
         old_logprobs, ref_logprobs, old_values = self._old_values_and_logprobs(ro)
         mask = ro.response_mask.to(self.device)
-        rewards, kl = token_rewards(scores.to(self.device), old_logprobs, ref_logprobs, mask, self.kl_ctl.value,
+        kl_in_reward = self.kl_ctl.value if pcfg.kl_penalty == "reward" else 0.0
+        rewards, kl = token_rewards(scores.to(self.device), old_logprobs, ref_logprobs, mask, kl_in_reward,
                                     kind=pcfg.kl_estimator)
         if pcfg.whiten_rewards:
             rewards = whiten_over_ranks(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, old_values, mask, gamma=pcfg.gamma, lam=pcfg.lam)
-        advantages = whiten_over_ranks(advantages, mask)
+        advantages, returns = self._advantages(rewards, old_values, mask)
+        if pcfg.whiten_advantages:
+            advantages = whiten_over_ranks(advantages, mask)
         t1 = time.perf_counter()
 
         stats: dict[str, list[float]] = {}
         B = ro.input_ids.shape[0]
         mb = pcfg.minibatch_size
         micro = max(1, mb // pcfg.train.grad_accum_steps)
-        self.policy.train()
-        self.value.train()
+        for model in self.trained_models():
+            model.train()
         for epoch in range(pcfg.epochs):
             order = np.random.default_rng([seed, self.iteration, epoch]).permutation(B)
             for start in range(0, B, mb):
@@ -229,7 +252,8 @@ class PPOTrainer:
                     r = torch.as_tensor(rows[m_start : m_start + micro], device=self.device)
                     weight = len(r) / len(rows)
                     with self._gradient_sync(enabled=m_start == micro_starts[-1]):
-                        loss, s = self._minibatch_loss(ro, r, old_logprobs, old_values, advantages, returns, mask)
+                        loss, s = self._minibatch_loss(ro, r, old_logprobs, ref_logprobs, old_values, advantages,
+                                                       returns, mask)
                         if self.ptx_tokens is not None:
                             ptx = self._ptx_loss([seed, self.iteration, epoch * 10_000 + start + m_start])
                             loss = loss + pcfg.ptx_coef * ptx
@@ -238,7 +262,7 @@ class PPOTrainer:
                     for k, v in s.items():
                         stats.setdefault(k, []).append(v)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for m in (self.policy, self.value) for p in m.parameters()], pcfg.train.grad_clip)
+                    [p for m in self.trained_models() for p in m.parameters()], pcfg.train.grad_clip)
                 stats.setdefault("grad_norm", []).append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -252,14 +276,14 @@ class PPOTrainer:
         record = {
             "iteration": self.iteration + 1,
             "step": self.iteration + 1,
-            "rm_score": float(rm_scores.mean()),
+            # the reward function's own score: the reward model's (rm_score), else reward_score
+            ("rm_score" if pcfg.reward == "rm" else "reward_score"): float(raw_scores.mean()),
             "reward": float(scores.mean()),
             "kl": mean_kl,
             "kl_coef": self.kl_ctl.value,
             "response_length": float(mask.sum(1).mean()),
             "eos_rate": float(ro.finished.float().mean()),
-            "explained_variance": explained_variance(old_values, returns, mask),
-            "advantage_mean_raw": float(masked_mean(returns - old_values, mask)),
+            **self._value_stats(old_values, returns, mask),
             **{k: statistics.fmean(v) for k, v in stats.items()},
             "rollout_tokens_per_s": float(mask.sum()) / max(1e-9, t_rollout),
             "train_tokens_per_s": pcfg.epochs * float(ro.attention_mask.sum()) / max(1e-9, t2 - t1),
@@ -281,7 +305,8 @@ class PPOTrainer:
         """Micro-steps before the last of a minibatch accumulate gradients without all-reducing them."""
         stack = contextlib.ExitStack()
         for wrapped in (self.policy_ddp, self.value_ddp):
-            stack.enter_context(parallel.gradient_sync(wrapped, enabled))
+            if wrapped is not None:
+                stack.enter_context(parallel.gradient_sync(wrapped, enabled))
         return stack
 
     def _lr(self) -> float:
@@ -293,7 +318,26 @@ class PPOTrainer:
             return tcfg.lr * (self.iteration + 1) / warm
         return tcfg.lr
 
-    def _minibatch_loss(self, ro, r, old_logprobs, old_values, advantages, returns, mask):
+    def _advantages(self, rewards: torch.Tensor, old_values: torch.Tensor | None,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(advantages (B, T), returns (B, T) for the value loss, None without a value model).
+        rloo/grpo: each response's summed reward (score − β·ΣKL when the KL is in the reward)
+        against the other responses to its prompt, on every one of its tokens."""
+        pcfg = self.pcfg
+        if pcfg.advantage == "gae":
+            return gae(rewards, old_values, mask, gamma=pcfg.gamma, lam=pcfg.lam)
+        groups = (rewards * mask).sum(1).view(-1, pcfg.samples_per_prompt)  # (prompts, k)
+        group_advantages = rloo_advantages(groups) if pcfg.advantage == "rloo" else grpo_advantages(groups)
+        return sequence_to_token_advantages(group_advantages.reshape(-1), mask), None
+
+    @staticmethod
+    def _value_stats(old_values, returns, mask) -> dict:
+        if old_values is None:
+            return {}
+        return {"explained_variance": explained_variance(old_values, returns, mask),
+                "advantage_mean_raw": float(masked_mean(returns - old_values, mask))}
+
+    def _minibatch_loss(self, ro, r, old_logprobs, ref_logprobs, old_values, advantages, returns, mask):
         # Only the columns these rows use: from their longest prompt's first token to their longest
         # response's last. The rollout is padded to the longest of all rows; a minibatch of a few
         # of them needs less (often half), and the padding columns change nothing but the cost.
@@ -306,16 +350,23 @@ class PPOTrainer:
         m = mask[r][:, :R]
         with autocast(self.precision, self.device):
             logprobs, logits = response_logprobs(self.policy_ddp, ids, attn, prompt_len, self.pcfg.temperature)
-            values = response_logits(self.value_ddp, ids, attn, prompt_len).float()
+            values = None if self.value is None else response_logits(self.value_ddp, ids, attn, prompt_len).float()
         pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[r][:, :R], advantages[r][:, :R], m, self.pcfg.clip_range)
-        vf_loss, vf_stats = value_loss(values, old_values[r][:, :R], returns[r][:, :R], m, self.pcfg.vf_clip_range)
-        loss = pg_loss + self.pcfg.vf_coef * vf_loss
+        loss = pg_loss
+        stats = {"policy_loss": pg_loss.item(), **pg_stats}
+        if values is not None:
+            vf_loss, vf_stats = value_loss(values, old_values[r][:, :R], returns[r][:, :R], m, self.pcfg.vf_clip_range)
+            loss = loss + self.pcfg.vf_coef * vf_loss
+            stats |= {"value_loss": vf_loss.item(), **vf_stats}
+        if self.pcfg.kl_penalty == "loss":
+            kl_loss = k3_kl_loss(logprobs, ref_logprobs[r][:, :R], m)
+            loss = loss + self.kl_ctl.value * kl_loss
+            stats["kl_loss"] = kl_loss.item()
         ent = entropy_from_logits(logits.detach(), m)
         if self.pcfg.entropy_coef:
             loss = loss - self.pcfg.entropy_coef * entropy_from_logits(logits, m)
-        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": float(ent),
-                 **{k: float(v) for k, v in {**pg_stats, **vf_stats}.items()}}
-        return loss, stats
+        stats["entropy"] = float(ent)
+        return loss, {k: float(v) for k, v in stats.items()}
 
     # -- the loop ----------------------------------------------------------------------------
 
