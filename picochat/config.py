@@ -408,10 +408,16 @@ class ReportConfig:
     # little from more threads, and measured on the 2-core machine with other jobs running, 2
     # threads took 252 s where 1 took 35 s (threads spinning at barriers for the busy core).
     threads: int = 1  # 0 = torch's default
+    # Best-of-n curves: the SFT model answers the first best_of_n_prompts held-out prompts
+    # best_of_n times (T=1), scored by the reward model and the gold scorer (0 = no curves).
+    best_of_n_prompts: int = 100
+    best_of_n: int = 16
 
     def validate(self) -> None:
         if self.eval_prompts < 0 or self.max_new_tokens < 1 or self.n_examples < 0:
             raise ConfigError("report.eval_prompts and report.n_examples must be >= 0, report.max_new_tokens >= 1")
+        if self.best_of_n_prompts < 0 or self.best_of_n < 2:
+            raise ConfigError("report.best_of_n_prompts must be >= 0 and report.best_of_n >= 2")
 
 
 @dataclass

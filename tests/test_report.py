@@ -18,7 +18,7 @@ from conftest import TINY, kill_at_checkpoint
 
 from picochat.cli.main import main
 
-PLOTS = ("losses.png", "reward_model.png", "ppo.png", "dpo.png", "before_after.png")
+PLOTS = ("losses.png", "reward_model.png", "ppo.png", "dpo.png", "before_after.png", "best_of_n.png")
 
 
 def _copy_run(run_dir: Path, dst: Path) -> Path:
@@ -38,7 +38,7 @@ def _row(report: str, first_cell: str, after: str = "") -> list[str]:
 def test_run_writes_the_report_its_plots_and_its_comparison(run_dir):
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     for heading in ("## Headline", "**How to read this.**", "## Stages", "## Curves", "## Before and after",
-                    "### Per task type", "### Per language", "## Sample conversations"):
+                    "### Per task type", "### Per language", "## Best of n", "## Sample conversations"):
         assert heading in report, heading
     for name in PLOTS:
         png = run_dir / "plots" / name
@@ -50,6 +50,9 @@ def test_run_writes_the_report_its_plots_and_its_comparison(run_dir):
     assert n == 16 and {p["lang"] for p in comparison["prompts"]} == {"en", "zh"}
     for model in comparison["models"].values():  # every model answered the same prompts, both ways
         assert [len(model[d]) for d in ("greedy", "sampled")] == [n, n]
+    best = comparison["best_of_n"]  # the SFT model's 16 answers to each prompt, scored by gold and the RM
+    assert len(best) == n and all(len(p["gold"]) == len(p["rm"]) == 16 for p in best)
+    assert "the reward model's best-of-16 reached" in report and "PPO gained" in report
     summary = json.loads((run_dir / "report" / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_prompts"] == n and len(summary["plots"]) == len(PLOTS)
     for stage in ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo"):

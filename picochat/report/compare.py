@@ -103,7 +103,8 @@ def _stage_fingerprint(stage_dir: Path) -> str | None:
 def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt]) -> dict:
     blob = json.dumps([asdict(p) for p in prompts], sort_keys=True, ensure_ascii=False)
     return {
-        "report": {k: v for k, v in asdict(cfg.report).items() if k in ("eval_prompts", "max_new_tokens", "seed")},
+        "report": {k: v for k, v in asdict(cfg.report).items()
+                   if k in ("eval_prompts", "max_new_tokens", "seed", "best_of_n_prompts", "best_of_n")},
         "models": {m: _stage_fingerprint(out / m) for m in MODEL_STAGES},
         "reward_model": _stage_fingerprint(out / "rm"),
         "gold": world_file(out).exists(),
@@ -130,23 +131,50 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
     if prompts and models:
         print(f"[report] {len(models)} models answer the same {len(prompts)} held-out prompts from {source} "
               f"(greedy and one T=1 sample each)")
-        result["models"] = _answer_and_score(cfg, out, prompts, models, key, show_progress)
+        result["models"] = _with_report_threads(cfg, lambda device, precision: _answer_and_score_on(
+            cfg, out, prompts, models, key, device, precision, show_progress))
+    n_best = min(cfg.report.best_of_n_prompts, len(prompts))
+    if n_best and key["models"]["sft"] is not None and key["gold"]:
+        print(f"[report] best-of-n: the SFT model answers {n_best} held-out prompts {cfg.report.best_of_n} times")
+        result["best_of_n"] = _with_report_threads(cfg, lambda device, precision: _best_of_n_samples(
+            cfg, out, prompts[:n_best], key, device, precision, show_progress))
     result["wall_s"] = time.perf_counter() - t0
     atomic_write_json(path, result)
     return result
 
 
-def _answer_and_score(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], models: list[str], key: dict,
-                      show_progress: bool) -> dict:
+def _with_report_threads(cfg: RunConfig, work):
+    """`work(device, precision)` with report.threads torch threads (restored afterwards)."""
     device = default_device()
     precision = resolve_precision("auto", device)
     threads = torch.get_num_threads()
     if cfg.report.threads > 0 and device.type == "cpu":
         torch.set_num_threads(cfg.report.threads)
     try:
-        return _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress)
+        return work(device, precision)
     finally:
         torch.set_num_threads(threads)
+
+
+def _best_of_n_samples(cfg, out, prompts, key, device, precision, show_progress) -> list[dict]:
+    """report.best_of_n T=1 answers of the SFT model to each prompt, with their gold (and RM)
+    scores: [{"gold": [...], "rm": [...] or None}] per prompt, for `best_of_n.best_of_n_curves`."""
+    reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
+    gold = GoldScorer(read_world(world_file(out))[0])
+    model, meta = load_model(out / "sft", device)
+    tokenizer = model_tokenizer(meta)
+    k = cfg.report.best_of_n
+    messages = [p.messages for p in prompts for _ in range(k)]
+    longest = max(len(render_prompt(tokenizer, m)) for m in messages)
+    sampling = SamplingConfig(max_new_tokens=min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest),
+                              temperature=1.0, seed=cfg.report.seed + 1)
+    answers = answer_prompts(model, tokenizer, messages, sampling, precision, show_progress=show_progress,
+                             desc=f"SFT: best-of-{k} samples")
+    texts, finished = [t for t, _ in answers], [f for _, f in answers]
+    gold_scores = [gold.score(m, t, finished=f) for m, t, f in zip(messages, texts, finished)]
+    rm_scores = reward.score(messages, texts, finished) if reward else None
+    return [{"gold": gold_scores[i * k:(i + 1) * k], "rm": rm_scores[i * k:(i + 1) * k] if rm_scores else None}
+            for i in range(len(prompts))]
 
 
 def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress) -> dict:

@@ -10,6 +10,7 @@ import math
 
 from picochat.eval.gold_eval import paired_difference
 from picochat.layout import STAGE_NAMES
+from picochat.report.best_of_n import PICKS, best_of_n_curves, reading, rl_points
 from picochat.report.collect import RunFiles, stage_figures
 from picochat.report.compare import MODEL_NAMES, score_stats
 from picochat.report.summary_lines import summary_line
@@ -274,6 +275,31 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
     return lines + [""]
 
 
+def best_of_n_section(run: RunFiles, comparison: dict) -> list[str]:
+    """The best-of-n table and the sentence that reads it (see picochat.report.best_of_n)."""
+    per_prompt = comparison.get("best_of_n")
+    if not per_prompt:
+        return []
+    curves = best_of_n_curves(per_prompt)
+    points = rl_points(run.summaries)
+    rows = []
+    for i, n in enumerate(curves["n"]):
+        rows.append([str(n), f"{curves['kl'][i]:.2f}",
+                     *[_gain(curves[pick][i]) if pick in curves else NA for pick in PICKS]])
+    for p in points:
+        rows.append([p["name"], f"{p['kl']:.2f}", _gain(p["gain"]), ""])
+    return [
+        "## Best of n: what the reward model is worth, and how much of it RL used", "",
+        f"The SFT model answered {curves['prompts']} held-out prompts {curves['samples']} times (T=1). "
+        "Picking the best of n answers moves the policy by KL = log n − (n−1)/n from the SFT model; the "
+        "table gives the gold gain over a random answer of the reward model's pick and of the gold "
+        "scorer's (an oracle: what a perfect reward buys at that KL), with 95% intervals over prompts, and "
+        "the RL models' gold gain of their T=1 samples at their KL to SFT.", "",
+        *_table(["n (or model)", "KL", "gain: " + PICKS["rm"], "gain: " + PICKS["gold"]], rows),
+        "", reading(curves, points), "",
+    ]
+
+
 def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]], preset: str | None,
                   n_examples: int, planned: list[str], plots_note: str = "") -> str:
     lines = [
@@ -290,5 +316,6 @@ def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]],
     if not plots:
         lines += [plots_note or "n/a: no metrics to plot.", ""]
     lines += before_after_section(run, comparison)
+    lines += best_of_n_section(run, comparison)
     lines += samples_section(comparison, n_examples)
     return "\n".join(lines).rstrip() + "\n"

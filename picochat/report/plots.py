@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from picochat.report.best_of_n import PICKS, best_of_n_curves, rl_points
 from picochat.report.collect import RunFiles
 from picochat.report.compare import MODEL_NAMES, score_stats
 
@@ -100,6 +101,35 @@ def plot_before_after(comparison: dict, path: Path) -> bool:
     return drawn and _save(fig, path)
 
 
+def plot_best_of_n(run: RunFiles, comparison: dict, path: Path) -> bool:
+    """Gold gain against KL from SFT: best-of-n by the reward model and by the gold scorer, and
+    the RL models' points (Gao et al. 2022, fig. 1)."""
+    per_prompt = comparison.get("best_of_n")
+    if not per_prompt:
+        return False
+    curves = best_of_n_curves(per_prompt)
+    fig, (ax,) = _figure(1)
+    for pick, colour in (("rm", "tab:orange"), ("gold", "tab:blue")):
+        if pick in curves:
+            means = [g["mean"] for g in curves[pick]]
+            lows = [g["ci95"][0] for g in curves[pick]]
+            highs = [g["ci95"][1] for g in curves[pick]]
+            ax.plot(curves["kl"], means, marker="o", markersize=3, color=colour, label=f"best of n: {PICKS[pick]}")
+            ax.fill_between(curves["kl"], lows, highs, color=colour, alpha=0.15)
+            for kl, m, n in zip(curves["kl"], means, curves["n"]):
+                ax.annotate(f"n={n}", (kl, m), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    for point, marker in zip(rl_points(run.summaries), ("s", "D", "^")):
+        g = point["gain"]
+        ax.errorbar([point["kl"]], [g["mean"]], yerr=[[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]],
+                    fmt=marker, color="black", markersize=5, capsize=3, label=point["name"])
+    ax.set_xlabel("KL from the SFT model (nats)")
+    ax.set_ylabel("gold gain over a random SFT answer")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -129,4 +159,7 @@ def write_plots(run: RunFiles, comparison: dict, plots_dir: Path) -> list[tuple[
     if plot_before_after(comparison, plots_dir / "before_after.png"):
         written.append(("before_after.png",
                         "Before/after: mean scores of each model's answers to the same held-out prompts."))
+    if plot_best_of_n(run, comparison, plots_dir / "best_of_n.png"):
+        written.append(("best_of_n.png", "Best of n SFT answers by the reward model and by the gold scorer, "
+                        "against KL from SFT, with the RL models' points."))
     return written

@@ -13,7 +13,7 @@ from picochat.report.compare import compare_models, score_stats
 from picochat.report.markdown import render_report
 from picochat.report.plots import PLOTS, matplotlib_available, write_plots
 
-PLOT_FILES = [name for name, _, _ in PLOTS] + ["before_after.png"]
+PLOT_FILES = [name for name, _, _ in PLOTS] + ["before_after.png", "best_of_n.png"]
 
 
 def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
