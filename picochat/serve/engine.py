@@ -119,7 +119,7 @@ class BatchEngine:
     threads: torch threads of the engine thread. A decode step of a small model is a chain of
     tiny matmuls; OpenMP threads that must meet after each of them lose more than they gain when
     the cores are shared (with the HTTP server's own thread, or other processes), so serving
-    uses fewer threads than cores (serve_cli picks cores - 1).
+    uses fewer threads than cores (cli/serve.py picks cores - 1).
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, max_batch_rows: int = 32, max_queue: int = 64,
