@@ -255,9 +255,11 @@ class PPOConfig:
     reward: str = "rm"  # what PPO maximises: rm (the reward model) | gold (the world's gold scorer, a perfect reward)
     rollout_prompts: int = 64  # prompts per iteration (samples_per_prompt answers each), per process under torchrun
     samples_per_prompt: int = 1  # answers sampled per prompt: a group, whose mean is the baseline of rloo/grpo
-    advantage: str = "gae"  # gae (value model + GAE) | rloo (leave-one-out group baseline) | grpo (group z-score)
+    # gae (value model + GAE) | rloo (leave-one-out group baseline) | grpo (group z-score) | best
+    # (reinforce only each prompt's best answer: RAFT, best-of-n distillation)
+    advantage: str = "gae"
     kl_penalty: str = "reward"  # reward: −kl_coef·KL on every token's reward | loss: kl_coef·k3 KL term in the loss
-    whiten_advantages: bool = True  # normalise the advantages of each iteration to mean 0, std 1
+    whiten_advantages: bool = True  # normalise each iteration's advantages to mean 0, std 1 (advantage=best: never)
     max_new_tokens: int = 64
     temperature: float = 1.0  # rollout temperature, also used for the training log-probs
     no_eos_penalty: float = -1.0  # added to the score of a response that never ended
@@ -309,8 +311,8 @@ class PPOConfig:
             raise ConfigError("ppo.temperature must be > 0 (the policy's log-probs are taken at this temperature)")
         if self.reward not in PPO_REWARDS:
             raise ConfigError(f"ppo.reward must be one of {', '.join(PPO_REWARDS)}, got {self.reward!r}")
-        if self.advantage not in ("gae", "rloo", "grpo"):
-            raise ConfigError(f"ppo.advantage must be gae, rloo or grpo, got {self.advantage!r}")
+        if self.advantage not in ("gae", "rloo", "grpo", "best"):
+            raise ConfigError(f"ppo.advantage must be gae, rloo, grpo or best, got {self.advantage!r}")
         if self.advantage != "gae" and self.samples_per_prompt < 2:
             raise ConfigError(f"ppo.advantage={self.advantage} compares the answers of one prompt: set "
                               f"ppo.samples_per_prompt to 2 or more (e.g. 4), got {self.samples_per_prompt}")

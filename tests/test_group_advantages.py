@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from picochat.algos.ppo import grpo_advantages, k3_kl_loss, rloo_advantages, sequence_to_token_advantages
+from picochat.algos.ppo import (
+    best_of_group_advantages,
+    grpo_advantages,
+    k3_kl_loss,
+    rloo_advantages,
+    sequence_to_token_advantages,
+)
 
 
 def test_rloo_with_two_samples_is_the_difference():
@@ -49,3 +55,8 @@ def test_k3_kl_loss_is_the_masked_mean_of_the_k3_estimate():
     expected = float(((d.exp() - d - 1) * mask).sum() / mask.sum())
     assert abs(float(k3_kl_loss(logprobs, ref, mask)) - expected) < 1e-6
     assert float(k3_kl_loss(ref, ref, mask)) == 0.0
+
+
+def test_best_of_group_reinforces_only_each_prompts_best_answer():
+    adv = best_of_group_advantages(torch.tensor([[0.1, 0.7, 0.3, 0.7], [-2.0, -1.0, -3.0, -5.0]]))
+    assert adv.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]  # a tie goes to the first

@@ -179,6 +179,15 @@ def grpo_advantages(seq_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tenso
     return (seq_rewards - mean) / (std + eps)
 
 
+def best_of_group_advantages(seq_rewards: torch.Tensor) -> torch.Tensor:
+    """Reinforce only each prompt's best answer (RAFT, Dong et al. 2023; best-of-n distillation):
+    seq_rewards (P, k) -> (P, k) with 1 for the highest reward of each row (the first on a tie) and
+    0 elsewhere. No answer is pushed down, so probability mass moves towards the best answers
+    rather than away from the worst ones."""
+    best = seq_rewards.argmax(1, keepdim=True)  # (P, 1): the first maximum
+    return torch.zeros_like(seq_rewards).scatter_(1, best, 1.0)
+
+
 def sequence_to_token_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One advantage per response (B,) -> (B, T): the same value on every response token, 0 on padding."""
     return advantages[:, None].to(mask.dtype) * mask

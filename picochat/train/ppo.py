@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from picochat.algos.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    best_of_group_advantages,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -231,7 +232,7 @@ class PPOTrainer:
         if pcfg.whiten_rewards:
             rewards = whiten_over_ranks(rewards, mask, shift_mean=False)
         advantages, returns = self._advantages(rewards, old_values, mask)
-        if pcfg.whiten_advantages:
+        if pcfg.whiten_advantages and pcfg.advantage != "best":  # best: whitening would push the others down
             advantages = whiten_over_ranks(advantages, mask)
         t1 = time.perf_counter()
 
@@ -327,7 +328,8 @@ class PPOTrainer:
         if pcfg.advantage == "gae":
             return gae(rewards, old_values, mask, gamma=pcfg.gamma, lam=pcfg.lam)
         groups = (rewards * mask).sum(1).view(-1, pcfg.samples_per_prompt)  # (prompts, k)
-        group_advantages = rloo_advantages(groups) if pcfg.advantage == "rloo" else grpo_advantages(groups)
+        estimators = {"rloo": rloo_advantages, "grpo": grpo_advantages, "best": best_of_group_advantages}
+        group_advantages = estimators[pcfg.advantage](groups)
         return sequence_to_token_advantages(group_advantages.reshape(-1), mask), None
 
     @staticmethod
