@@ -50,9 +50,15 @@ def best_of_n_curves(per_prompt: list[dict], ns: list[int] | None = None) -> dic
     for pick in PICKS:
         if any(p.get(pick) is None for p in per_prompt):
             continue
-        curves[pick] = [paired_difference([expected_pick_score(p[pick][:N], p["gold"][:N], n) for p in per_prompt],
-                                          base) for n in ns]
+        curves[pick] = [_exact_zero(paired_difference(
+            [expected_pick_score(p[pick][:N], p["gold"][:N], n) for p in per_prompt], base)) for n in ns]
     return curves
+
+
+def _exact_zero(gain: dict) -> dict:
+    """Float noise (n=1 is the mean itself: a gain of 1e-17) shown as the 0 it is."""
+    clean = lambda x: 0.0 if abs(x) < 1e-12 else x  # noqa: E731
+    return {**gain, "mean": clean(gain["mean"]), "ci95": [clean(x) for x in gain["ci95"]]}
 
 
 def gain_at_kl(curves: dict, pick: str, kl: float) -> float | None:

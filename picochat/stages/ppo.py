@@ -43,6 +43,8 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     history = trainer.metrics.read()
     summary = {
         "stage": "ppo",
+        "reward": cfg.ppo.reward,
+        "advantage": cfg.ppo.advantage,
         "iterations": trainer.iteration,
         "final": history[-1] if history else {},
         "train_wall_s": sum(r["seconds"] for r in history),

@@ -322,8 +322,8 @@ class PPOTrainer:
     def _advantages(self, rewards: torch.Tensor, old_values: torch.Tensor | None,
                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(advantages (B, T), returns (B, T) for the value loss, None without a value model).
-        rloo/grpo: each response's summed reward (score − β·ΣKL when the KL is in the reward)
-        against the other responses to its prompt, on every one of its tokens."""
+        rloo/grpo/best: each response's summed reward (score − β·ΣKL when the KL is in the
+        reward) against the other responses to its prompt, on every one of its tokens."""
         pcfg = self.pcfg
         if pcfg.advantage == "gae":
             return gae(rewards, old_values, mask, gamma=pcfg.gamma, lam=pcfg.lam)
