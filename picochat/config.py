@@ -197,7 +197,9 @@ class RMConfig:
     max_records: int = 0  # read at most this many records (0 = all)
     val_fraction: float = 0.1  # held-out share of your own data (the built-in labels have a test file)
     seq_len: int = 256  # prompt + response tokens per row
-    loss: str = "auto"  # auto | pairwise (InstructGPT) | best_of_k (Ziegler et al.) | mse | bce (scalar labels)
+    # auto | pairwise (InstructGPT) | plackett_luce (listwise, Zhu et al. 2023) | best_of_k (Ziegler et al.) |
+    # mse | bce (scalar labels)
+    loss: str = "auto"
     head_init_std: float = 1e-3  # the new scalar head starts close to "no opinion"
     normalize: str = "bias_gain"  # fit so SFT samples score mean 0 (bias) and std 1 (gain) | bias | none
     normalize_on: int = 2000  # prompts whose SFT samples the normalisation is fitted on
@@ -210,8 +212,9 @@ class RMConfig:
             "eval_batches": "the reward model is evaluated on all its held-out prompts at every evaluation"})
 
     def validate(self) -> None:
-        if self.loss not in ("auto", "pairwise", "best_of_k", "mse", "bce"):
-            raise ConfigError(f"rm.loss must be auto, pairwise, best_of_k, mse or bce, got {self.loss!r}")
+        if self.loss not in ("auto", "pairwise", "plackett_luce", "best_of_k", "mse", "bce"):
+            raise ConfigError(f"rm.loss must be auto, pairwise, plackett_luce, best_of_k, mse or bce, "
+                              f"got {self.loss!r}")
         if self.normalize not in ("bias_gain", "bias", "none"):
             raise ConfigError(f"rm.normalize must be bias_gain, bias or none, got {self.normalize!r}")
         self.train.validate()

@@ -158,3 +158,38 @@ def test_scores_in_length_groups_equal_one_padded_forward():
     torch.testing.assert_close(s4, s1, rtol=1e-5, atol=1e-6)
     for a, b in zip(g4, g1):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_plackett_luce_equals_the_pairwise_loss_at_k2():
+    import torch
+
+    from picochat.algos.reward_losses import pairwise_loss, plackett_luce_loss
+
+    torch.manual_seed(0)
+    scores = torch.randn(6)  # three prompts of two answers; the winner is row 1, 2 and 5
+    row_prompt = torch.tensor([0, 0, 1, 1, 2, 2])
+    rank_group = torch.tensor([1, 0, 0, 1, 1, 0])
+    pl = plackett_luce_loss(scores, row_prompt, rank_group, 3)
+    pw = pairwise_loss(scores, torch.tensor([1, 2, 5]), torch.tensor([0, 3, 4]), torch.tensor([0, 1, 2]), 3)
+    assert torch.allclose(pl, pw)
+
+
+def test_plackett_luce_against_a_hand_computed_k3_ranking():
+    import math
+
+    import torch
+
+    from picochat.algos.reward_losses import plackett_luce_loss
+
+    s = [1.0, 0.0, 2.0]  # ranking: answer 2 > answer 0 > answer 1
+    first = -(s[2] - math.log(sum(math.exp(x) for x in s)))  # answer 2 chosen from all three
+    second = -(s[0] - math.log(math.exp(s[0]) + math.exp(s[1])))  # then answer 0 from the two left
+    loss = plackett_luce_loss(torch.tensor(s), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 0]), 1)
+    assert abs(float(loss) - (first + second) / 2) < 1e-6
+    # ties: two best answers share a place, each chosen from all three; the last one's choice is empty
+    tied = plackett_luce_loss(torch.tensor(s), torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 0]), 1)
+    lse = math.log(sum(math.exp(x) for x in s))
+    assert abs(float(tied) - ((lse - s[0]) + (lse - s[2])) / 2) < 1e-6
+    # a prompt whose answers all tied teaches nothing
+    all_tied = torch.zeros(3, dtype=torch.long)
+    assert float(plackett_luce_loss(torch.tensor(s), torch.zeros(3, dtype=torch.long), all_tied, 1)) == 0.0

@@ -48,6 +48,30 @@ def best_of_k_loss(scores: torch.Tensor, row_prompt: torch.Tensor, is_best: torc
     return torch.stack(losses).mean()
 
 
+def plackett_luce_loss(scores: torch.Tensor, row_prompt: torch.Tensor, rank_group: torch.Tensor,
+                       n_prompts: int) -> torch.Tensor:
+    """The listwise likelihood of a K-wise ranking (Plackett–Luce; Zhu et al. 2023): the best answer
+    is chosen from all K with softmax probability, the next from the rest, and so on. Mean over
+    prompts of the mean over their choices of −[s_i − log Σ_{j not yet chosen} exp(s_j)].
+
+    scores (N,), row_prompt (N,), rank_group (N,) the place of each row's group in its ranking (0 =
+    best). Tied answers are each chosen from the same remaining set (Breslow's handling of ties).
+    A choice from a single remaining answer says nothing and is not counted, so at K = 2 this is
+    exactly −log σ(r_w − r_l), the pairwise loss; prompts whose answers all tied are skipped."""
+    losses = []
+    for p in range(n_prompts):
+        rows = row_prompt == p
+        s, g = scores[rows], rank_group[rows]
+        terms = [-(s[g == group] - torch.logsumexp(s[g >= group], dim=0))
+                 for group in g.unique().tolist() if int((g >= group).sum()) > 1]
+        if len(g.unique()) < 2 or not terms:
+            continue
+        losses.append(torch.cat(terms).mean())
+    if not losses:
+        return scores.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
 def scalar_loss(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
     """Regression on scalar labels: 'mse', or 'bce' with labels in [0, 1] (scores are logits)."""
     if kind == "mse":

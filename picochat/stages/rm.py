@@ -97,7 +97,7 @@ def load_rm_data(rcfg: RMConfig, out: Path, tokenizer: Tokenizer, seq_len: int) 
         kind = "mse" if train_records[0].ranking is None else "pairwise"
     train = [EncodedRecord(r, tokenizer, seq_len) for r in train_records]
     test = [EncodedRecord(r, tokenizer, seq_len) for r in test_records]
-    if kind in ("pairwise", "best_of_k"):
+    if kind in ("pairwise", "plackett_luce", "best_of_k"):
         train = [r for r in train if r.pairs]  # prompts whose K answers all tied teach nothing
     if not train:
         raise ValueError("no usable training records for the reward model (every prompt's answers tied?)")

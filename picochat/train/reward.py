@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from picochat.algos.reward_losses import best_of_k_loss, pairwise_loss, scalar_loss
+from picochat.algos.reward_losses import best_of_k_loss, pairwise_loss, plackett_luce_loss, scalar_loss
 from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import PreferenceRecord, prompt_key, read_preferences
 from picochat.data.shards import is_val_document
@@ -33,6 +33,11 @@ class EncodedRecord:
         self.n_cut = sum(cut for _, cut in encoded)
         self.pairs = record.pairs() if record.ranking is not None else []
         self.best = set(record.ranking[0]) if record.ranking else set()
+        # each response's place in the ranking: 0 for the best group (ties share a place)
+        self.rank_group = [0] * len(self.rows)
+        for place, group in enumerate(record.ranking or []):
+            for i in group:
+                self.rank_group[i] = place
         self.label = record.label
         gold = record.meta.get("gold_ranking")
         self.gold_pairs = pairs_of(gold) if gold else None
@@ -51,10 +56,12 @@ def pairs_of(groups: list[list[int]]) -> list[tuple[int, int]]:
 def collate(records: list[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor]:
     """Flatten the responses of several prompts into rows; pairs index rows of the same prompt."""
     rows, row_prompt, winners, losers, pair_prompt, is_best, labels = [], [], [], [], [], [], []
+    rank_group = []
     for p, rec in enumerate(records):
         offset = len(rows)
         rows.extend(rec.rows)
         row_prompt.extend([p] * len(rec.rows))
+        rank_group.extend(rec.rank_group)
         is_best.extend(i in rec.best for i in range(len(rec.rows)))
         labels.extend([rec.label if rec.label is not None else 0.0] * len(rec.rows))
         for win, lose in rec.pairs:
@@ -67,6 +74,7 @@ def collate(records: list[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor
         "last_index": last,  # (N,)
         "row_prompt": torch.tensor(row_prompt, dtype=torch.long),
         "is_best": torch.tensor(is_best, dtype=torch.bool),
+        "rank_group": torch.tensor(rank_group, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.float32),
         "winners": torch.tensor(winners, dtype=torch.long),
         "losers": torch.tensor(losers, dtype=torch.long),
@@ -83,6 +91,8 @@ def reward_loss(model: torch.nn.Module, batch: dict, kind: str) -> torch.Tensor:
         return pairwise_loss(scores, batch["winners"], batch["losers"], batch["pair_prompt"], n)
     if kind == "best_of_k":
         return best_of_k_loss(scores, batch["row_prompt"], batch["is_best"], n)
+    if kind == "plackett_luce":
+        return plackett_luce_loss(scores, batch["row_prompt"], batch["rank_group"], n)
     return scalar_loss(scores, batch["labels"], kind)
 
 
