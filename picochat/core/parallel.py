@@ -84,7 +84,6 @@ def as_float(x: torch.Tensor) -> float:
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
     """(model state dict, optimizer state dict) whole, on CPU, on rank 0 (empty dicts elsewhere).
     A collective for a sharded model: every rank must call it."""
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
     if optimizer is None:
@@ -95,7 +94,6 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) 
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
     """Load whole state dicts (every rank passes the same ones) into a sharded model and its optimizer."""
-
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_sd, options=options)
     names = {id(p): n for n, p in model.named_parameters()}

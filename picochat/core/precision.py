@@ -18,7 +18,6 @@ from picochat.core.distributed import device
 
 def default_device() -> torch.device:
     """cuda (cuda:LOCAL_RANK under torchrun) when there is a GPU, else cpu."""
-
     return device()
 
 

@@ -60,7 +60,6 @@ def read_chat_prompts(files: list[Path]) -> tuple[list[list[dict]], list[str]]:
     """(the prompts of chat/preference JSONL files, each distinct prompt once, in file order;
     the records skipped as invalid). Public data has a few malformed records (HH-RLHF has dialogues
     whose last two turns are both the assistant's); a file without one valid record is an error."""
-
     pool: dict[str, list[dict]] = {}
     problems: list[str] = []
     for path in files:

@@ -114,7 +114,6 @@ def _sync(device: torch.device) -> None:
 def chat_row_tokens(cfg: RunConfig, out: Path, batch_size: int) -> float:
     """Tokens per padded chat row: the mean over random batches of the longest conversation in the
     batch (batches pad to their longest row). From the run's world chat data when it exists."""
-
     data, tok_file = out / "world" / "chat_train.jsonl", tokenizer_file(out)
     cap = min(cfg.sft.seq_len, cfg.model.max_seq_len)
     if cfg.sft.sources or not data.exists() or not tok_file.exists():

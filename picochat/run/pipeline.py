@@ -31,7 +31,6 @@ from picochat.stages.tokenizer import tokenizer_corpus
 def _check_local_sources(cfg: RunConfig, stages: list[str]) -> None:
     """A missing local data file stops the run before the first stage, not hours later when the
     stage that reads it starts (Hugging Face names are downloaded by their stage)."""
-
     specs, _, tokenizer_key = tokenizer_corpus(cfg)
     reads = {"tokenizer": (tokenizer_key, specs), "pretrain": ("pretrain.sources", cfg.pretrain.sources),
              "sft": ("sft.sources", cfg.sft.sources), "rm": ("rm.sources", cfg.rm.sources),

@@ -19,7 +19,6 @@ QUICK_STAGES = ("world", "tokenizer")  # seconds: the time estimate is said afte
 def print_plan(cfg: RunConfig, out: Path, names: list[str]) -> dict[str, float | None]:
     """Say, before the long stages start, what each stage will do (reuse, resume or run) and about
     how long it will take on this machine; returns the estimates (None: seconds; 0: reused)."""
-
     status = {n: stage_status(n, cfg, out) for n in names if n in STAGES}
     if REPORT in names:  # its model comparison is redone when any model it compares is
         status[REPORT] = "todo" if any(s != "done" for s in status.values()) \

@@ -120,7 +120,6 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
     """Gold scores on held-out world prompts (built-in world only, as SFT measures them), for the
     DPO model and its reference on the same prompts and seeds, and the KL from the reference; with
     your own preference data, the KL on the held-out preference prompts alone."""
-
     dcfg = cfg.dpo
     reference, _ = load_model(init_dir, device)
     reference.eval()

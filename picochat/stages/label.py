@@ -37,6 +37,5 @@ def run(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
 
 def _sampled_tokens(tokenizer, files: list[Path]) -> int:
     """Tokens of all the answers in the label files: what the labeling stage sampled."""
-
     records, _ = read_preferences(files, skip_invalid=True)
     return sum(len(tokenizer.encode(r)) for record in records for r in record.responses)

@@ -58,7 +58,6 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
 def _throughput(trainer: PPOTrainer, history: list[dict]) -> dict:
     """Tokens the policy and value updates trained on, per second of iteration time (sampling
     included), and the MFU of those updates: the rollout and scoring passes are not counted."""
-
     tokens = sum(r.get("train_tokens", 0.0) for r in history)
     wall = sum(r["seconds"] for r in history)
     if not tokens or wall <= 0:
@@ -76,7 +75,6 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: PPOTrainer, label: str, 
     and T=1 samples; built-in world only), reward-model score of the samples before and after
     (mean, median, paired gain), KL to the reference, and the paired difference in gold score with
     a 95% CI."""
-
     pcfg = cfg.ppo
     baseline = stage_reference(pcfg.init, "sft") or "reference"
     if pcfg.eval_prompts <= 0:
@@ -111,7 +109,6 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: PPOTrainer, label: str, 
 def _evaluate_without_gold(trainer: PPOTrainer, pcfg: PPOConfig, baseline: str, label: str) -> dict:
     """Your own prompts (no gold scorer): reward-model score of T=1 samples of the policy and of
     its starting model on the held-out prompts, and the KL between them."""
-
     prompts = trainer.eval_prompts
     result = evaluate_reward(trainer.policy, trainer.reference, trainer.reward_model, trainer.tokenizer, prompts,
                              n_samples=pcfg.eval_samples, max_new_tokens=pcfg.max_new_tokens, seed=pcfg.train.seed,

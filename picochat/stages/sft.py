@@ -111,7 +111,6 @@ def _held_out_answers(scfg, model, tokenizer, val_convs: list[list[dict]], preci
                       n: int = 8) -> list[dict]:
     """Greedy answers of the SFT model to the first held-out conversations (everything before their
     last assistant turn), next to the reference answer, in samples.md and the summary."""
-
     examples = []
     for conv in val_convs:
         last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
@@ -137,7 +136,6 @@ def _held_out_answers(scfg, model, tokenizer, val_convs: list[list[dict]], preci
 def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precision, show_progress,
                   stage_dir) -> dict:
     """Gold scores of the SFT model and, for comparison, of the model SFT started from."""
-
     scfg = cfg.sft
     world, _ = read_world(world_file(out))
     scorer = GoldScorer(world)
