@@ -88,6 +88,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this process: CUDA allocator peak, or the process's max RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    import resource
+    import resource  # here, not at the top: a Unix-only module, needed only for this CPU figure
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
