@@ -128,16 +128,10 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
     t0 = time.perf_counter()
     result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
     models = [m for m in MODEL_STAGES if key["models"][m] is not None]
-    if prompts and models:
-        print(f"[report] {len(models)} models answer the same {len(prompts)} held-out prompts from {source} "
-              f"(greedy and one T=1 sample each)")
-        result["models"] = _with_report_threads(cfg, lambda device, precision: _answer_and_score_on(
-            cfg, out, prompts, models, key, device, precision, show_progress))
-    n_best = min(cfg.report.best_of_n_prompts, len(prompts))
-    if n_best and key["models"]["sft"] is not None and key["gold"]:
-        print(f"[report] best-of-n: the SFT model answers {n_best} held-out prompts {cfg.report.best_of_n} times")
-        result["best_of_n"] = _with_report_threads(cfg, lambda device, precision: _best_of_n_samples(
-            cfg, out, prompts[:n_best], key, device, precision, show_progress))
+    n_best = min(cfg.report.best_of_n_prompts, len(prompts)) if key["models"]["sft"] is not None and key["gold"] else 0
+    if (prompts and models) or n_best:
+        result |= _with_report_threads(cfg, lambda device, precision: _answer_and_score(
+            cfg, out, prompts, models, n_best, key, device, precision, source, show_progress))
     result["wall_s"] = time.perf_counter() - t0
     atomic_write_json(path, result)
     return result
@@ -156,11 +150,27 @@ def _with_report_threads(cfg: RunConfig, work):
         torch.set_num_threads(threads)
 
 
-def _best_of_n_samples(cfg, out, prompts, key, device, precision, show_progress) -> list[dict]:
+def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision, source, show_progress) -> dict:
+    """{"models": every model's answers and scores, "best_of_n": the SFT model's samples (when
+    n_best)}, scored by one reward model and one gold scorer loaded once for both."""
+    reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
+    gold = GoldScorer(read_world(world_file(out))[0]) if key["gold"] else None
+    result = {}
+    if prompts and models:
+        print(f"[report] {len(models)} models answer the same {len(prompts)} held-out prompts from {source} "
+              f"(greedy and one T=1 sample each)")
+        result["models"] = _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precision,
+                                                show_progress)
+    if n_best:
+        print(f"[report] best-of-n: the SFT model answers {n_best} held-out prompts {cfg.report.best_of_n} times")
+        result["best_of_n"] = _best_of_n_samples(cfg, out, prompts[:n_best], reward, gold, device, precision,
+                                                 show_progress)
+    return result
+
+
+def _best_of_n_samples(cfg, out, prompts, reward, gold, device, precision, show_progress) -> list[dict]:
     """report.best_of_n T=1 answers of the SFT model to each prompt, with their gold (and RM)
     scores: [{"gold": [...], "rm": [...] or None}] per prompt, for `best_of_n.best_of_n_curves`."""
-    reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
-    gold = GoldScorer(read_world(world_file(out))[0])
     model, meta = load_model(out / "sft", device)
     tokenizer = model_tokenizer(meta)
     k = cfg.report.best_of_n
@@ -177,9 +187,7 @@ def _best_of_n_samples(cfg, out, prompts, key, device, precision, show_progress)
             for i in range(len(prompts))]
 
 
-def _answer_and_score_on(cfg, out, prompts, models, key, device, precision, show_progress) -> dict:
-    reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
-    gold = GoldScorer(read_world(world_file(out))[0]) if key["gold"] else None
+def _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precision, show_progress) -> dict:
     messages = [p.messages for p in prompts]
     results: dict[str, dict] = {}
     for name in models:
