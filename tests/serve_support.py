@@ -3,6 +3,7 @@ uvicorn server on 127.0.0.1 in a background thread."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import threading
@@ -90,3 +91,23 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def labeling_server(tokenizer, out, prompts: list[list[dict]], **service_options):
+    """A live server of the memorizer with the labeling page on (K=3, rankings to `out`), as
+    `picochat serve --ckpt DIR --label-prompts ...` starts it; `live.out` is the rankings file."""
+    from picochat.serve.api import create_app
+    from picochat.serve.engine import BatchEngine
+    from picochat.serve.labeling import LabelStore
+    from picochat.serve.service import Service
+
+    engine = BatchEngine(memorizer(tokenizer), tokenizer, threads=1).start()
+    service = Service(engine=engine, tokenizer=tokenizer, labeling=LabelStore(out, prompts, k=3), **service_options)
+    live = LiveServer(create_app(service))
+    live.out = out
+    try:
+        yield live
+    finally:
+        live.stop()
+        engine.stop()

@@ -16,13 +16,9 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("fastapi")
 
-from serve_support import ANSWERS, LiveServer, memorizer  # noqa: E402
+from serve_support import ANSWERS, labeling_server  # noqa: E402
 
 from picochat.data.preferences import read_preferences  # noqa: E402
-from picochat.serve.api import create_app  # noqa: E402
-from picochat.serve.engine import BatchEngine  # noqa: E402
-from picochat.serve.labeling import LabelStore  # noqa: E402
-from picochat.serve.service import Service  # noqa: E402
 from picochat.train.reward import EncodedRecord, load_preference_splits  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,14 +31,8 @@ sync_api.expect.set_options(timeout=TIMEOUT_MS)  # a loaded 2-core CI machine is
 def site(world_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("labels") / "human.jsonl"
     prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "count"}]]
-    engine = BatchEngine(memorizer(world_tokenizer), world_tokenizer, threads=1).start()
-    service = Service(engine=engine, tokenizer=world_tokenizer, model_name="picochat-test",
-                      labeling=LabelStore(out, prompts, k=3))
-    live = LiveServer(create_app(service))
-    live.out = out
-    yield live
-    live.stop()
-    engine.stop()
+    with labeling_server(world_tokenizer, out, prompts, model_name="picochat-test") as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

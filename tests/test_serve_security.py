@@ -18,13 +18,10 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serve_support import LiveServer, memorizer  # noqa: E402
+from serve_support import labeling_server  # noqa: E402
 
-from picochat.serve.api import create_app  # noqa: E402
-from picochat.serve.engine import BatchEngine  # noqa: E402
 from picochat.serve.labeling import LabelStore  # noqa: E402
 from picochat.serve.limits import ServeLimits  # noqa: E402
-from picochat.serve.service import Service  # noqa: E402
 
 MODEL = "picochat-test"
 LIMITS = ServeLimits(max_body_bytes=20_000, max_chars=4_000)
@@ -36,14 +33,8 @@ PROMPTS = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "co
 def server(world_tokenizer, tmp_path_factory):
     """No API key (the default), labeling on: what a user starts with `picochat serve --ckpt DIR`."""
     out = tmp_path_factory.mktemp("labels") / "human.jsonl"
-    engine = BatchEngine(memorizer(world_tokenizer), world_tokenizer, threads=1).start()
-    service = Service(engine=engine, tokenizer=world_tokenizer, model_name=MODEL, limits=LIMITS,
-                      labeling=LabelStore(out, PROMPTS, k=3))
-    live = LiveServer(create_app(service))
-    live.out = out
-    yield live
-    live.stop()
-    engine.stop()
+    with labeling_server(world_tokenizer, out, PROMPTS, model_name=MODEL, limits=LIMITS) as live:
+        yield live
 
 
 def chat_body(**extra) -> dict:
