@@ -425,6 +425,52 @@ class ReportConfig:
             raise ConfigError("report.best_of_n_prompts must be >= 0 and report.best_of_n >= 2")
 
 
+BENCHMARK_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "commonsense_qa", "cmmlu", "truthfulqa", "gsm8k")
+EVAL_FORMS = ("loglik", "chat")
+
+
+@dataclass
+class EvalConfig:
+    """The benchmark card (`picochat eval`, and the report's stage x task table): standard
+    benchmarks, scored as lm-evaluation-harness scores them (`picochat.eval.benchmarks`)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(BENCHMARK_TASKS))  # empty = no card
+    # A folder of local copies named as in shared/data/eval (arc_easy_test.jsonl.gz, ...); relative
+    # paths are taken from data_root. Empty (and no `sources`) = the report skips the card, saying so.
+    data_dir: str = ""
+    sources: list[str] = field(default_factory=list)  # "task=path or hf:NAME?...", instead of data_dir's file
+    limit: int = 500  # the first N items of each task (0 = all)
+    shots: int = 0  # few-shot examples before each question (TruthfulQA's prompt has its own)
+    # loglik scores every model; chat asks chat models (SFT, PPO, DPO) in their template. Empty =
+    # loglik for every model and chat as well for the chat models.
+    forms: list[str] = field(default_factory=list)
+    batch_size: int = 32  # sequences per forward pass
+    max_new_tokens: int = 128  # GSM8K's greedy answer
+    precision: str = "fp32"  # fp32 keeps the log-likelihoods comparable with the harness's; or bf16
+    threads: int = 0  # torch CPU threads while scoring (0 = torch's default)
+
+    def validate(self) -> None:
+        unknown = [t for t in self.tasks if t not in BENCHMARK_TASKS]
+        if unknown:
+            raise ConfigError(f"eval.tasks: unknown task(s) {unknown}; choose from {list(BENCHMARK_TASKS)}")
+        bad_forms = [f for f in self.forms if f not in EVAL_FORMS]
+        if bad_forms:
+            raise ConfigError(f"eval.forms: unknown form(s) {bad_forms}; choose from {list(EVAL_FORMS)}")
+        for entry in self.sources:
+            task, sep, spec = entry.partition("=")
+            if not sep or task not in BENCHMARK_TASKS or not spec:
+                raise ConfigError(f"eval.sources: {entry!r} must read TASK=PATH_OR_HF_SPEC with TASK one of "
+                                  f"{list(BENCHMARK_TASKS)}")
+        if self.limit < 0 or self.shots < 0 or self.batch_size < 1 or self.max_new_tokens < 1 or self.threads < 0:
+            raise ConfigError("eval.limit, eval.shots and eval.threads must be >= 0, eval.batch_size and "
+                              "eval.max_new_tokens >= 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"eval.precision must be fp32 or bf16, got {self.precision!r}")
+
+    def source_map(self) -> dict[str, str]:
+        return dict(entry.split("=", 1) for entry in self.sources)
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs. `model` is the architecture the run pretrains; later stages read
@@ -447,6 +493,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts and lists (tuples become lists), ready for YAML/JSON."""
@@ -630,6 +677,7 @@ def build_config(
     cfg.ppo.validate()
     cfg.dpo.validate()
     cfg.report.validate()
+    cfg.eval.validate()
     _check_fractions(cfg)
     _resolve_data_root(cfg)
     try:
@@ -691,7 +739,11 @@ def _check_fractions(cfg: RunConfig) -> None:
 
 def _resolve_data_root(cfg: RunConfig) -> None:
     """Join relative local paths of every `sources`/`prompts` list onto `data_root` (made absolute,
-    so resolving twice changes nothing). Hugging Face names (`hf:...`) are left alone."""
+    so resolving twice changes nothing). Hugging Face names (`hf:...`) are left alone. The benchmark
+    folder `eval.data_dir` is made absolute either way, so a saved config still finds it."""
+    if cfg.eval.data_dir:
+        data_dir = Path(cfg.eval.data_dir).expanduser()
+        cfg.eval.data_dir = str((Path(cfg.data_root or ".").expanduser() / data_dir).resolve())
     if not cfg.data_root:
         return
     root = Path(cfg.data_root).expanduser().resolve()
@@ -703,6 +755,7 @@ def _resolve_data_root(cfg: RunConfig) -> None:
     for section in (cfg.tokenizer, cfg.pretrain, cfg.sft, cfg.rm, cfg.dpo):
         section.sources = resolve(section.sources)
     cfg.ppo.prompts = resolve(cfg.ppo.prompts)
+    cfg.eval.sources = [f"{task}={resolve([spec])[0]}" for task, spec in cfg.eval.source_map().items()]
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from picochat.cli import chat, export, pipeline, sample, score, serve
+from picochat.cli import chat, evaluate, export, pipeline, sample, score, serve
 from picochat.config import ConfigError
 from picochat.data.readers import CorpusError
 
@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "chat": Command("chat with a model in the terminal",
                     "Multi-turn chat in the terminal; /reset starts over, /quit leaves.",
                     chat.add_chat_arguments, chat.cmd_chat),
+    "eval": Command(evaluate.HELP, evaluate.DESCRIPTION, evaluate.add_eval_arguments, evaluate.cmd_eval),
     "score": Command(score.HELP, score.DESCRIPTION, score.add_score_arguments, score.cmd_score),
     "serve": Command("OpenAI-compatible API server with a web chat page and a labeling page",
                      "Serve a model over HTTP: OpenAI's chat/completions API (batched), a chat page at /, a page "

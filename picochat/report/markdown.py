@@ -300,8 +300,44 @@ def best_of_n_section(run: RunFiles, comparison: dict) -> list[str]:
     ]
 
 
+def benchmark_section(cards: dict | None) -> list[str]:
+    """The stage x task card: each model's main metric per task with its 95% interval, per form."""
+    if cards is None:
+        return []
+    lines = ["## Benchmark card", ""]
+    if not cards["cards"]:
+        return lines + [f"n/a: {cards['note']}", ""]
+    first = next(iter(cards["cards"].values()))
+    lines += [
+        f"Standard benchmarks scored as lm-evaluation-harness scores them (`picochat eval`; first "
+        f"{first['results']['loglik'][next(iter(first['results']['loglik']))]['n']} items of each set). "
+        "*loglik*: the most likely choice after the harness's prompt; *chat*: the question in the chat "
+        "template, the answer read from the reply. Each cell is the task's usual metric with its 95% interval; "
+        "CORE is the mean centred score, (score − chance) / (1 − chance): 0 is chance, 1 perfect. "
+        "Models this small are expected near chance: the card is here to show the same measurement on "
+        "a real run.", "",
+    ]
+    for form in ("loglik", "chat"):
+        stages = [s for s, card in cards["cards"].items() if form in card["results"]]
+        if not stages:
+            continue
+        tasks = list(cards["cards"][stages[0]]["results"][form])
+        chance_row = ["chance", *[f"{cards['cards'][stages[0]]['results'][form][t]['chance']:.3f}" for t in tasks],
+                      "0"]
+        rows = []
+        for stage in stages:
+            by_task = cards["cards"][stage]["results"][form]
+            cells = [f"{by_task[t]['score']:.3f} ±{(by_task[t]['ci95'][1] - by_task[t]['ci95'][0]) / 2:.3f}"
+                     for t in tasks]
+            rows.append([MODEL_NAMES.get(stage, stage), *cells, f"{cards['cards'][stage]['core'][form]:+.3f}"])
+        metrics = [cards["cards"][stages[0]]["results"][form][t]["metric"] for t in tasks]
+        lines += [f"**{form}**", "", *_table(["model", *[f"{t} ({m})" for t, m in zip(tasks, metrics)], "CORE"],
+                                            [*rows, chance_row]), ""]
+    return lines
+
+
 def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]], preset: str | None,
-                  n_examples: int, planned: list[str], plots_note: str = "") -> str:
+                  n_examples: int, planned: list[str], plots_note: str = "", cards: dict | None = None) -> str:
     lines = [
         f"# picochat run report: `{run.out}`", "",
         f"Preset `{preset or NA}`. Written by `picochat report --out {run.out}` from the files of this run: "
@@ -317,5 +353,6 @@ def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]],
         lines += [plots_note or "n/a: no metrics to plot.", ""]
     lines += before_after_section(run, comparison)
     lines += best_of_n_section(run, comparison)
+    lines += benchmark_section(cards)
     lines += samples_section(comparison, n_examples)
     return "\n".join(lines).rstrip() + "\n"

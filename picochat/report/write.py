@@ -8,6 +8,7 @@ from pathlib import Path
 from picochat.config import RunConfig
 from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.layout import MODEL_STAGES, STAGE_NAMES
+from picochat.report.benchmark_card import benchmark_cards
 from picochat.report.collect import read_run
 from picochat.report.compare import compare_models, score_stats
 from picochat.report.markdown import render_report
@@ -22,6 +23,7 @@ def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     t0 = time.perf_counter()
     run = read_run(out)
     comparison = compare_models(cfg, out, show_progress)
+    cards = benchmark_cards(cfg, out, show_progress)
     plots_dir = out / "plots"
     note = ""
     if matplotlib_available():
@@ -33,7 +35,7 @@ def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
             (plots_dir / name).unlink(missing_ok=True)
     preset = cfg.preset if (out / "config.yaml").exists() else None
     planned = list(cfg.stages) or list(STAGE_NAMES)
-    text = render_report(run, comparison, plots, preset, cfg.report.n_examples, planned, note)
+    text = render_report(run, comparison, plots, preset, cfg.report.n_examples, planned, note, cards)
     atomic_write_text(out / "report.md", text)
     summary = {
         "stage": "report",
@@ -44,6 +46,8 @@ def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         "models": {m: {d: score_stats(comparison, m, d) for d in comparison["models"][m]}
                    for m in MODEL_STAGES if m in comparison["models"]},
         "compare_wall_s": comparison.get("wall_s"),
+        "benchmark_card": {stage: {"core": card["core"], "wall_s": card.get("wall_s")}
+                           for stage, card in cards["cards"].items()} or cards["note"],
         "wall_s": time.perf_counter() - t0,
     }
     atomic_write_json(out / "report" / "summary.json", summary)

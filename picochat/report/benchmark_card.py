@@ -1,0 +1,83 @@
+"""The report's benchmark card: every model stage of the run on the same benchmark items.
+
+Each model (pretrained, SFT, PPO, DPO) is scored on `eval.tasks` by `picochat.eval.benchmarks`:
+log-likelihood for all, and the chat form as well for the chat models. The cards are kept in
+`<out>/report/card_<stage>.json` and reused while the model file and the eval settings are the
+same, so `picochat report` rewrites the text in seconds. With no benchmark data configured the
+section says how to add it instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from picochat.config import EvalConfig, RunConfig
+from picochat.core.io import atomic_write_json
+from picochat.eval.benchmarks.card import card_forms, evaluate_card
+from picochat.eval.benchmarks.tasks import load_task
+from picochat.layout import MODEL_STAGES, load_model_and_tokenizer
+
+PER_ITEM_KEYS = ("per_item", "loglikelihoods", "replies")
+
+
+def _card_key(ecfg: EvalConfig, model_dir: Path, stage: str, sources: dict[str, str]) -> str:
+    weights = model_dir / "model.safetensors"
+    stat = weights.stat()
+    settings = {k: v for k, v in ecfg.__dict__.items() if k not in ("threads",)}
+    blob = json.dumps([settings, card_forms(stage, ecfg.forms), str(weights), stat.st_size, stat.st_mtime_ns, sources],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    """{"cards": {stage: card without per-item lists}, "note": why there is no card, or ""}."""
+    ecfg = cfg.eval
+    if not ecfg.tasks:
+        return {"cards": {}, "note": "no benchmark tasks (eval.tasks is empty)."}
+    if not ecfg.data_dir and not ecfg.sources:
+        return {"cards": {}, "note": "no benchmark data: set eval.data_dir to a folder of local copies of the sets "
+                "(arc_easy_test.jsonl.gz, hellaswag_val.jsonl.gz, ... as in the project's shared/data/eval), or "
+                "eval.sources, then rerun `picochat report`."}
+    stages = [s for s in MODEL_STAGES if (out / s / "model.safetensors").exists()]
+    if not stages:
+        return {"cards": {}, "note": "no trained model in this run yet."}
+    try:
+        loaded = [load_task(name, ecfg.data_dir, limit=ecfg.limit, shots=ecfg.shots,
+                            source=ecfg.source_map().get(name, "")) for name in ecfg.tasks]
+    except (FileNotFoundError, ValueError) as e:  # a missing or malformed set is named, the report goes on
+        return {"cards": {}, "note": f"benchmark card skipped: {e}"}
+    sources = {lt.task.name: str(lt.source) for lt in loaded}
+    threads_before = torch.get_num_threads()
+    if ecfg.threads:
+        torch.set_num_threads(ecfg.threads)
+    cards = {}
+    try:
+        for stage in stages:
+            path = out / "report" / f"card_{stage}.json"
+            key = _card_key(ecfg, out / stage, stage, sources)
+            if path.exists():
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                if cached.get("key") == key:
+                    cards[stage] = cached
+                    continue
+            t0 = time.perf_counter()
+            model, tokenizer, _ = load_model_and_tokenizer(out / stage)
+            card = evaluate_card(model, tokenizer, loaded, card_forms(stage, ecfg.forms), shots=ecfg.shots,
+                                 precision=ecfg.precision, batch_size=ecfg.batch_size,
+                                 max_new_tokens=ecfg.max_new_tokens, show_progress=show_progress)
+            card.update(key=key, stage=stage, wall_s=time.perf_counter() - t0, sources=sources)
+            atomic_write_json(path, card)
+            print(f"[report] benchmark card of {stage}: {card['wall_s']:.1f} s")
+            cards[stage] = card
+    finally:
+        torch.set_num_threads(threads_before)
+    slim = {stage: {**card, "results": {form: {task: {k: v for k, v in r.items() if k not in PER_ITEM_KEYS}
+                                                       for task, r in by_task.items()}
+                                          for form, by_task in card["results"].items()}}
+            for stage, card in cards.items()}
+    return {"cards": slim, "note": ""}
