@@ -18,6 +18,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from benchmark_data import write_benchmark_data  # noqa: E402
+
 from picochat.cli.main import main  # noqa: E402  (after the thread settings above)
 from picochat.data.shards import build_shards, load_shards  # noqa: E402
 from picochat.world import WorldConfig, write_world  # noqa: E402
@@ -116,7 +118,8 @@ def run_dir(tmp_path_factory):
     a copy, or every test after it would read another model depending on the order tests run in
     (a reward-model test once failed on a fresh clone that way). Checked at the end of the session."""
     out = tmp_path_factory.mktemp("run")
-    assert main(["run", "--out", str(out), "--no-progress", *TINY]) == 0
+    eval_data = write_benchmark_data(tmp_path_factory.mktemp("eval_data"))  # the report's benchmark card
+    assert main(["run", "--out", str(out), "--no-progress", *TINY, f"eval.data_dir={eval_data}", "eval.limit=3"]) == 0
     before = stage_outputs(out)
     yield out
     changed = sorted(k for k in before.keys() | stage_outputs(out).keys()

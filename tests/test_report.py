@@ -55,6 +55,17 @@ def test_run_writes_the_report_its_plots_and_its_comparison(run_dir):
     assert "the reward model's best-of-16 reached" in report and "PPO gained" in report
     summary = json.loads((run_dir / "report" / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_prompts"] == n and len(summary["plots"]) == len(PLOTS)
+    # The benchmark card: every model by log-likelihood, the chat models also in the chat form.
+    assert "## Benchmark card" in report and set(summary["benchmark_card"]) == {"pretrain", "sft", "ppo", "dpo"}
+    loglik, chat = report.split("**loglik**")[1].split("**chat**")
+    for stage, name in (("pretrain", "pretrained"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")):
+        card = json.loads((run_dir / "report" / f"card_{stage}.json").read_text(encoding="utf-8"))
+        arc = card["results"]["loglik"]["arc_easy"]
+        assert arc["n"] == 3
+        cells = _row(loglik, name)
+        assert cells[1] == f"{arc['score']:.3f} ±{(arc['ci95'][1] - arc['ci95'][0]) / 2:.3f}"
+        assert cells[-1] == f"{card['core']['loglik']:+.3f}"
+        assert (f"| {name} |" in chat.split("##")[0]) == (stage != "pretrain")
     for stage in ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo"):
         s = json.loads((run_dir / stage / "summary.json").read_text(encoding="utf-8"))
         assert s["peak_rss_mb"] > 0, stage  # every stage records its own peak memory

@@ -80,6 +80,15 @@ def _summary(task: str, form: str, metrics: dict[str, list[float]], chance: floa
     }
 
 
+def choice_predictions(loglikelihoods: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
+    """The choice `acc` picks (highest log-likelihood) and the one `acc_norm` picks (highest
+    log-likelihood per character of the choice text, the harness's normalisation). Ties go to
+    the first, as numpy's argmax does."""
+    per_char = [ll / len(choice) for ll, choice in zip(loglikelihoods, choices)]
+    first_best = lambda values: max(range(len(values)), key=values.__getitem__)  # noqa: E731
+    return first_best(list(loglikelihoods)), first_best(per_char)
+
+
 def score_choices(model, tokenizer: Tokenizer, loaded: LoadedTask, *, shots: int, precision: str,
                   batch_size: int, show_progress: bool) -> dict:
     """acc and acc_norm of every multiple-choice item by log-likelihood, with each choice's value."""
@@ -96,9 +105,9 @@ def score_choices(model, tokenizer: Tokenizer, loaded: LoadedTask, *, shots: int
     for item in items:
         values = [ll for ll, _ in results[at:at + len(item.choices)]]
         at += len(item.choices)
-        per_char = [ll / len(choice) for ll, choice in zip(values, item.choices)]
-        acc.append(float(max(range(len(values)), key=values.__getitem__) == item.gold))
-        acc_norm.append(float(max(range(len(values)), key=per_char.__getitem__) == item.gold))
+        pred, pred_norm = choice_predictions(values, item.choices)
+        acc.append(float(pred == item.gold))
+        acc_norm.append(float(pred_norm == item.gold))
         loglikelihoods.append(values)
     chance = statistics.fmean(item.chance for item in items)
     summary = _summary(loaded.task.name, "loglik", {"acc": acc, "acc_norm": acc_norm}, chance, seconds)
@@ -109,12 +118,11 @@ def score_choices(model, tokenizer: Tokenizer, loaded: LoadedTask, *, shots: int
 def greedy_replies(model, tokenizer: Tokenizer, prompts: list[list[int]], *, max_new_tokens: int, precision: str,
                    batch_size: int, show_progress: bool, desc: str) -> tuple[list[str], int]:
     """Greedy replies (text) to token-id prompts, each cut from the left to leave room for
-    `max_new_tokens`; also how many prompts had to be cut."""
+    `max_new_tokens` (at most half the model's context, so a prompt keeps the other half); also
+    how many prompts had to be cut."""
     device = next(model.parameters()).device
+    max_new_tokens = min(max_new_tokens, model.cfg.max_seq_len // 2)
     room = model.cfg.max_seq_len - max_new_tokens
-    if room < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt within the model's "
-                         f"max_seq_len={model.cfg.max_seq_len}")
     n_cut = sum(len(p) > room for p in prompts)
     prompts = [p[-room:] for p in prompts]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
