@@ -8,6 +8,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 OUT ?= runs/tiny
 PRESET ?= tiny
+# The report's benchmark card reads local copies of ARC, HellaSwag, ... from here when the folder
+# exists (the project's shared data beside the checkout); without it the report says how to add them.
+EVAL_DATA ?= $(wildcard ../shared/data/eval)
 
 .PHONY: demo test install clean
 
@@ -20,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/picochat run --preset $(PRESET) --out $(OUT)
+	$(VENV)/bin/picochat run --preset $(PRESET) --out $(OUT) $(if $(EVAL_DATA),eval.data_dir=$(EVAL_DATA))
 
 test: install
 	$(VENV)/bin/ruff check picochat tests bench examples

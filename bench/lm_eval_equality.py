@@ -18,13 +18,13 @@ The last line is one JSON object, as in the other benchmarks.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import textwrap
 from pathlib import Path
 
 import torch
 
+from bench.report import emit_json
 from picochat.eval.benchmarks.card import score_choices
 from picochat.eval.benchmarks.tasks import load_task
 from picochat.hf.export import export_model
@@ -99,28 +99,27 @@ def harness_scores(hf_dir: Path, task_dir: Path, names: list[str], limit: int) -
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="a picochat model directory, e.g. runs/tiny/sft")
-    parser.add_argument("--data-dir", required=True, help="folder with arc_easy_test.jsonl.gz, hellaswag_val.jsonl.gz")
-    parser.add_argument("--tasks", default="arc_easy,hellaswag", help=f"from {','.join(TEMPLATES)}")
-    parser.add_argument("--limit", type=int, default=200, help="first N items of each task")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    names = args.tasks.split(",")
-    model, tokenizer, _ = load_model_and_tokenizer(args.ckpt)
-    ours = {}
-    for name in names:
-        loaded = load_task(name, args.data_dir, limit=args.limit)
-        ours[name] = score_choices(model, tokenizer, loaded, shots=0, precision="fp32", batch_size=32,
-                                   show_progress=False)
+def picochat_scores(ckpt: str, data_dir: str, names: list[str], limit: int) -> dict:
+    model, tokenizer, _ = load_model_and_tokenizer(ckpt)
+    return {name: score_choices(model, tokenizer, load_task(name, data_dir, limit=limit), shots=0, precision="fp32",
+                                batch_size=32, show_progress=False) for name in names}
+
+
+def both_sides(ckpt: str, data_dir: str, names: list[str], limit: int) -> tuple[dict, dict]:
+    """(picochat's, the harness's) per-item log-likelihoods and acc/acc_norm of each task."""
+    ours = picochat_scores(ckpt, data_dir, names, limit)
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir, task_dir = Path(tmp) / "hf", Path(tmp) / "tasks"
         task_dir.mkdir()
-        export_model(args.ckpt, hf_dir)
-        write_tasks(task_dir, Path(args.data_dir).resolve(), names)
-        theirs = harness_scores(hf_dir, task_dir, names, args.limit)
+        export_model(ckpt, hf_dir)
+        write_tasks(task_dir, Path(data_dir).resolve(), names)
+        theirs = harness_scores(hf_dir, task_dir, names, limit)
+    return ours, theirs
+
+
+def compare(ours: dict, theirs: dict, names: list[str]) -> list[dict]:
+    """Per task: items, choices, the largest |log-likelihood difference|, acc and acc_norm of both
+    sides, and how often the two pick the same choice."""
     results = []
     print(f"{'task':12s} {'items':>5s} {'choices':>7s} {'max |dLL|':>10s} {'acc ours/harness':>18s} "
           f"{'acc_norm ours/harness':>22s} {'argmax agree':>12s}")
@@ -132,14 +131,28 @@ def main() -> None:
         agree = sum(max(range(len(xs)), key=xs.__getitem__) == max(range(len(ys)), key=ys.__getitem__)
                     for xs, ys in zip(a, b)) / len(a)
         row = {"task": name, "items": len(a), "choices": len(diffs), "max_abs_diff": max(diffs),
-               "acc": [ours[name]["acc"], theirs[name]["acc"]], "acc_norm": [ours[name]["acc_norm"],
-                                                                             theirs[name]["acc_norm"]],
-               "argmax_agreement": agree}
+               "acc": [ours[name]["acc"], theirs[name]["acc"]],
+               "acc_norm": [ours[name]["acc_norm"], theirs[name]["acc_norm"]], "argmax_agreement": agree}
         results.append(row)
         print(f"{name:12s} {len(a):5d} {len(diffs):7d} {max(diffs):10.2e} "
               f"{row['acc'][0]:8.3f}/{row['acc'][1]:.3f} {row['acc_norm'][0]:12.3f}/{row['acc_norm'][1]:.3f} "
               f"{agree:12.3f}")
-    print(json.dumps({"bench": "lm_eval_equality", "ckpt": args.ckpt, "limit": args.limit, "results": results}))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a picochat model directory, e.g. runs/tiny/sft")
+    parser.add_argument("--data-dir", required=True, help="folder with arc_easy_test.jsonl.gz, hellaswag_val.jsonl.gz")
+    parser.add_argument("--tasks", default="arc_easy,hellaswag", help=f"from {','.join(TEMPLATES)}")
+    parser.add_argument("--limit", type=int, default=200, help="first N items of each task")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.tasks.split(",")
+    ours, theirs = both_sides(args.ckpt, args.data_dir, names, args.limit)
+    results = compare(ours, theirs, names)
+    emit_json("lm_eval_equality", {"ckpt": args.ckpt, "limit": args.limit, "results": results})
 
 
 if __name__ == "__main__":

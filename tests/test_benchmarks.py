@@ -212,3 +212,16 @@ def test_picochat_eval_prints_and_writes_the_card(run_dir, eval_data, tmp_path, 
     assert "TASK=PATH_OR_HF_SPEC" in capsys.readouterr().err
     assert main(["eval", "--ckpt", str(run_dir / "sft"), "--tasks", "arc_easy,mmlu"]) == 2
     assert "unknown benchmark task(s) mmlu" in capsys.readouterr().err
+
+
+def test_log_likelihoods_equal_lm_evaluation_harness_on_the_same_items(run_dir, eval_data):
+    """The harness (its `hf` model on the exported checkpoint, its own prompt templates) and picochat
+    give the same log-likelihood for every choice, so the same acc and acc_norm."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'picochat[harness]')")
+    from bench.lm_eval_equality import both_sides, compare
+
+    names = ["arc_easy", "hellaswag"]
+    ours, theirs = both_sides(str(run_dir / "sft"), str(eval_data), names, limit=4)
+    for row in compare(ours, theirs, names):
+        assert row["items"] == 4 and row["max_abs_diff"] < 1e-4, row
+        assert row["acc"][0] == row["acc"][1] and row["acc_norm"][0] == row["acc_norm"][1], row

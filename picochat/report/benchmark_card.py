@@ -31,8 +31,9 @@ def _card_key(ecfg: EvalConfig, model_dir: Path, stage: str, sources: dict[str, 
     settings = {k: v for k, v in ecfg.__dict__.items() if k not in ("threads", "data_dir", "sources")}
     # The weights by size and time (a copied run keeps both, so its cards are reused), and the data
     # files by name and size: a card is redone when the model, the settings or the sets change.
-    blob = json.dumps([settings, card_forms(stage, ecfg.forms), stage, stat.st_size, stat.st_mtime_ns,
-                       {task: [Path(path).name, Path(path).stat().st_size] for task, path in sources.items()}], sort_keys=True)
+    data = {task: [Path(path).name, Path(path).stat().st_size] for task, path in sources.items()}
+    blob = json.dumps([settings, card_forms(stage, ecfg.forms), stage, stat.st_size, stat.st_mtime_ns, data],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
