@@ -242,6 +242,7 @@ PPO_UNUSED_TRAIN = {
 
 
 PPO_REWARDS = ("rm", "gold")  # the rewards of picochat.train.rewards, by name
+PPO_TRAINABLE = ("all", "norms")  # which policy parameters PPO updates (picochat.train.ppo.select_trainable)
 
 
 @dataclass
@@ -263,6 +264,10 @@ class PPOConfig:
     advantage: str = "gae"
     kl_penalty: str = "reward"  # reward: −kl_coef·KL on every token's reward | loss: kl_coef·k3 KL term in the loss
     whiten_advantages: bool = True  # normalise each iteration's advantages to mean 0, std 1 (advantage=best: never)
+    # What of the policy RL changes: all | norms (only the RMSNorm gains, 2·n_layers+1 vectors of
+    # d_model: a change that rescales features, e.g. sharpens the answer distribution, but has no
+    # room to memorise facts about the prompts it trained on; see the README's RL tables).
+    trainable: str = "all"
     max_new_tokens: int = 64
     temperature: float = 1.0  # rollout temperature, also used for the training log-probs
     no_eos_penalty: float = -1.0  # added to the score of a response that never ended
@@ -319,6 +324,8 @@ class PPOConfig:
         if self.advantage != "gae" and self.samples_per_prompt < 2:
             raise ConfigError(f"ppo.advantage={self.advantage} compares the answers of one prompt: set "
                               f"ppo.samples_per_prompt to 2 or more (e.g. 4), got {self.samples_per_prompt}")
+        if self.trainable not in PPO_TRAINABLE:
+            raise ConfigError(f"ppo.trainable must be one of {', '.join(PPO_TRAINABLE)}, got {self.trainable!r}")
         if self.kl_penalty not in ("reward", "loss"):
             raise ConfigError(f"ppo.kl_penalty must be reward or loss, got {self.kl_penalty!r}")
         if self.samples_per_prompt < 1:

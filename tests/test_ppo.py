@@ -97,6 +97,29 @@ def test_group_rollouts_raise_the_probability_of_each_groups_best_answer(run_dir
     assert not (tmp_path / "out" / "ppo" / "checkpoint" / "value").exists()
 
 
+def test_norms_only_rl_changes_only_the_norm_gains_and_still_learns(run_dir, tmp_path):
+    """ppo.trainable=norms: the RMSNorm gains move (and the rewarded answers get likelier); every
+    matrix stays byte for byte the SFT model's, in the trainer and in the saved checkpoint."""
+    cfg = _setup(run_dir, tmp_path, iterations=10, epochs=4, trainable="norms", **GROUP)
+    cfg.ppo.train.lr = 3e-2
+    trainer = PPOTrainer(cfg, tmp_path / "out", show_progress=False)
+    start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    norms = {n for n, m in trainer.policy.named_modules() if type(m).__name__ == "RMSNorm"}
+    assert trainer.n_trainable == sum(start[f"{n}.weight"].numel() for n in norms)
+    targets = _targets(trainer)
+    before = _mean_logprob(trainer, targets)
+    trainer._score = _reward_for(targets)
+    assert trainer.fit()
+    assert _mean_logprob(trainer, targets) > before + 0.05
+    for name, value in trainer.policy.state_dict().items():
+        changed = not torch.equal(value, start[name])
+        assert changed == (name.removesuffix(".weight") in norms), name
+    resumed = PPOTrainer(cfg, tmp_path / "out", show_progress=False)  # the checkpoint keeps the frozen part
+    assert resumed.try_resume()
+    for name, value in resumed.policy.state_dict().items():
+        assert torch.equal(value, trainer.policy.state_dict()[name]), name
+
+
 def test_a_toy_reward_is_learned_in_a_few_iterations(run_dir, tmp_path):
     """'Answer in digits' as the whole reward (the share of an answer's characters that are
     digits): the reward of the rollouts rises within a few iterations, with GRPO and the KL as a

@@ -29,7 +29,7 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
           + f"); {cfg.ppo.iterations} iterations x {cfg.ppo.rollout_prompts * trainer.world_size} prompts x "
           f"{cfg.ppo.samples_per_prompt} answers, {cfg.ppo.epochs} epochs; reward {cfg.ppo.reward}, advantage "
           f"{cfg.ppo.advantage}, kl_coef {cfg.ppo.kl_coef} ({'adaptive' if cfg.ppo.adaptive_kl else 'fixed'}, "
-          f"in the {cfg.ppo.kl_penalty})")
+          f"in the {cfg.ppo.kl_penalty}); training {cfg.ppo.trainable} parameters ({trainer.n_trainable:,})")
     if not trainer.fit():
         raise KeyboardInterrupt
     if not trainer.is_main:  # under torchrun, rank 0 alone writes the policy and evaluates it

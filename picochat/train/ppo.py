@@ -50,7 +50,7 @@ from picochat.config import PPOConfig, RunConfig
 from picochat.core import distributed, parallel
 from picochat.core.checkpoint import TOKENIZER_FILE, load_checkpoint_state, load_weights, save_checkpoint
 from picochat.core.io import MetricsLog
-from picochat.core.model import lm_loss
+from picochat.core.model import RMSNorm, lm_loss
 from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.core.rollout import Rollout, response_logits, response_logprobs, sample_rollout
 from picochat.data.ppo_prompts import load_ppo_prompts
@@ -68,6 +68,19 @@ def kl_controller(pcfg: PPOConfig):
     if pcfg.adaptive_kl:
         return AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)
     return FixedKLController(pcfg.kl_coef)
+
+
+def select_trainable(model: torch.nn.Module, which: str) -> int:
+    """Freeze every parameter of `model` but those `which` names (ppo.trainable); returns how many
+    values stay trainable. "norms": the gains of every RMSNorm."""
+    if which not in ("all", "norms"):
+        raise ValueError(f"unknown ppo.trainable {which!r}")
+    model.requires_grad_(which == "all")
+    if which == "norms":
+        for module in model.modules():
+            if isinstance(module, RMSNorm):
+                module.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def whiten_over_ranks(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -100,6 +113,7 @@ class PPOTrainer:
         self.tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into every model directory written
         self.reference, _ = load_model(init, self.device)
         self.reference.requires_grad_(False).eval()
+        self.n_trainable = select_trainable(self.policy, self.pcfg.trainable)
         self.reward_fn, self.reward_model = build_reward(self.pcfg, self.out, self.device)
         self.rm_dir = model_location(self.pcfg.reward_model, "rm", self.out) if self.reward_model else None
         self.init_dir = init
