@@ -7,7 +7,21 @@ import itertools
 import math
 import random
 
-from picochat.report.best_of_n import best_of_n_curves, expected_pick_score, gain_at_kl, kl_best_of_n, reading
+import pytest
+import torch
+
+from picochat.core.generate import SamplingConfig, generate
+from picochat.core.model import GPT, ModelConfig
+from picochat.eval.sharpened import Tempered
+from picochat.report.best_of_n import (
+    best_of_n_curves,
+    expected_pick_score,
+    gain_at_kl,
+    kl_best_of_n,
+    reading,
+    sharpening_gain_at_kl,
+    sharpening_points,
+)
 
 
 def test_expected_pick_by_hand():
@@ -50,3 +64,35 @@ def test_curves_the_oracle_bounds_the_reward_model_and_the_reading():
     text = reading(curves, [point])
     assert "PPO gained" in text and "50% of its reward model's best-of-n gain at equal KL" in text
     assert "the reward model's best-of-8 reached" in text
+
+
+def test_sharpening_points_and_their_reading():
+    """The SFT model at lower temperatures, against the same base as the curves (each prompt's
+    mean T=1 gold), interpolated from (KL 0, gain 0), and the sentence that compares RL with it."""
+    per_prompt = [{"gold": [0.2, 0.4], "rm": [0.0, 1.0]}, {"gold": [0.6, 0.8], "rm": [1.0, 0.0]}]  # bases 0.3, 0.7
+    sharpened = [{"temperature": 0.7, "kl": 0.5, "gold": [0.4, 0.8]}, {"temperature": 0.5, "kl": 1.5,
+                                                                       "gold": [0.5, 0.9]}]
+    points = sharpening_points(per_prompt, sharpened)
+    assert [p["gain"]["mean"] for p in points] == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert points[0]["name"] == "SFT at T=0.7 (no training)"
+    assert sharpening_gain_at_kl(points, 0.25) == pytest.approx(0.05)  # half way to the first point
+    assert sharpening_gain_at_kl(points, 1.0) == pytest.approx(0.15)
+    assert sharpening_gain_at_kl(points, 2.0) is None and sharpening_points(per_prompt, None) == []
+    curves = best_of_n_curves(per_prompt)
+    ppo = {"name": "PPO", "kl": 0.5, "gain": {"mean": 0.05, "ci95": [0, 0.1]}}
+    text = reading(curves, [ppo], points)
+    assert "no more than lowering the SFT model's temperature to the same KL buys (+0.100)" in text
+    assert "sampling the SFT model at T=0.7 gains +0.100 at KL 0.50" in text and text[0].isupper()
+
+
+def test_a_tempered_model_is_the_model_at_that_temperature():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=32,
+                            max_seq_len=16))
+    ids = torch.randint(0, 64, (2, 5))
+    assert torch.allclose(Tempered(model, 0.5)(ids), model(ids) * 2)
+    greedy = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    assert [r.tokens for r in generate(Tempered(model, 0.5), [[1, 2, 3]], greedy)] == \
+        [r.tokens for r in generate(model, [[1, 2, 3]], greedy)]  # the argmax does not move
+    with pytest.raises(ValueError):
+        Tempered(model, 0.0)

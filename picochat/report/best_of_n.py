@@ -72,6 +72,28 @@ def gain_at_kl(curves: dict, pick: str, kl: float) -> float | None:
     return ys[0]
 
 
+def sharpening_points(per_prompt: list[dict], sharpened: list[dict] | None) -> list[dict]:
+    """(name, KL to SFT, gold gain with CI) of the SFT model at lower temperatures (no training),
+    against the same base as the curves: the mean of the prompt's T=1 samples."""
+    if not sharpened:
+        return []
+    N = min(len(p["gold"]) for p in per_prompt)
+    base = [statistics.fmean(p["gold"][:N]) for p in per_prompt]
+    return [{"name": f"SFT at T={s['temperature']} (no training)", "temperature": s["temperature"], "kl": s["kl"],
+             "gain": paired_difference(s["gold"], base)} for s in sharpened]
+
+
+def sharpening_gain_at_kl(points: list[dict], kl: float) -> float | None:
+    """What lowering the temperature gains at this KL: linear from (0, 0) through the points."""
+    xs, ys = [0.0, *[p["kl"] for p in points]], [0.0, *[p["gain"]["mean"] for p in points]]
+    if len(xs) < 2 or kl > xs[-1]:
+        return None
+    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
+        if x0 <= kl <= x1:
+            return y0 + (y1 - y0) * (kl - x0) / (x1 - x0) if x1 > x0 else y1
+    return None
+
+
 def rl_points(summaries: dict) -> list[dict]:
     """(name, KL to SFT, gold gain of T=1 samples with CI) of each RL stage that has them."""
     points = []
@@ -84,26 +106,35 @@ def rl_points(summaries: dict) -> list[dict]:
     return points
 
 
-def reading(curves: dict, points: list[dict]) -> str:
-    """The sentence that reads the figure for the user."""
+def reading(curves: dict, points: list[dict], sharpening: list[dict] | None = None) -> str:
+    """The sentences that read the figure for the user."""
     parts = []
     for p in points:
         rm = gain_at_kl(curves, "rm", p["kl"])
         oracle = gain_at_kl(curves, "gold", p["kl"])
+        sharp = sharpening_gain_at_kl(sharpening or [], p["kl"])
         gain = p["gain"]["mean"]
-        if rm is None and oracle is None:
-            parts.append(f"{p['name']} gained {gain:+.3f} at KL {p['kl']:.2f}, past the KL of best-of-"
-                         f"{curves['n'][-1]} ({curves['kl'][-1]:.2f})")
-            continue
         against = []
+        if rm is None and oracle is None:
+            against.append(f"past the KL of best-of-{curves['n'][-1]} ({curves['kl'][-1]:.2f})")
         if rm is not None and rm > 0:
             against.append(f"{100 * gain / rm:.0f}% of its reward model's best-of-n gain at equal KL ({rm:+.3f})")
         if oracle is not None and oracle > 0:
             against.append(f"{100 * gain / oracle:.0f}% of the oracle's ({oracle:+.3f})")
+        if sharp is not None:
+            against.append(f"{'more' if gain > sharp else 'no more'} than lowering the SFT model's temperature "
+                           f"to the same KL buys ({sharp:+.3f})")
         parts.append(f"{p['name']} gained {gain:+.3f} at KL {p['kl']:.2f}: " + (", ".join(against) or "n/a"))
     if "rm" in curves and "gold" in curves:
         n, rm, oracle = curves["n"][-1], curves["rm"][-1]["mean"], curves["gold"][-1]["mean"]
         share = f"{100 * rm / oracle:.0f}%" if oracle > 0 else "n/a"
         parts.append(f"the reward model's best-of-{n} reached {share} of the oracle's "
                      f"({rm:+.3f} against {oracle:+.3f})")
-    return "; ".join(parts) + "." if parts else ""
+    text = "; ".join(parts) + "." if parts else ""
+    if sharpening:
+        t = sharpening[0]
+        text += (f" With no training at all, sampling the SFT model at T={t['temperature']} gains "
+                 f"{t['gain']['mean']:+.3f} at KL {t['kl']:.2f}: RL that gains less than that at its KL has mostly "
+                 "sharpened the SFT model's distribution rather than learned what the reward wants.")
+    text = text.strip()
+    return text[:1].upper() + text[1:]

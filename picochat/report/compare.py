@@ -31,6 +31,7 @@ from picochat.core.precision import default_device, resolve_precision
 from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import read_preferences
 from picochat.eval.gold_eval import answer_prompts
+from picochat.eval.sharpened import SHARPENING_TEMPERATURES, sharpened_gold
 from picochat.layout import MODEL_STAGES, load_model, model_tokenizer, world_file
 from picochat.reward_model import RewardModel
 from picochat.train.sft import held_out_subset
@@ -108,6 +109,7 @@ def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt]) -> d
         "models": {m: _stage_fingerprint(out / m) for m in MODEL_STAGES},
         "reward_model": _stage_fingerprint(out / "rm"),
         "gold": world_file(out).exists(),
+        "sharpened": list(SHARPENING_TEMPERATURES),
         "prompts": hashlib.sha256(blob.encode()).hexdigest()[:16],
     }
 
@@ -165,7 +167,19 @@ def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision,
         print(f"[report] best-of-n: the SFT model answers {n_best} held-out prompts {cfg.report.best_of_n} times")
         result["best_of_n"] = _best_of_n_samples(cfg, out, prompts[:n_best], reward, gold, device, precision,
                                                  show_progress)
+        result["sharpened"] = _sharpened_sft(cfg, out, prompts[:n_best], gold, device, precision)
     return result
+
+
+def _sharpened_sft(cfg, out, prompts, gold, device, precision) -> list[dict]:
+    """The SFT model at T=0.7 and 0.5 on the best-of-n prompts, 4 answers each: gold and KL."""
+    model, meta = load_model(out / "sft", device)
+    tokenizer = model_tokenizer(meta)
+    messages = [p.messages for p in prompts]
+    longest = max(len(render_prompt(tokenizer, m)) for m in messages)
+    return sharpened_gold(model, tokenizer, messages, gold, precision=precision, n_samples=4,
+                          max_new_tokens=min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest),
+                          seed=cfg.report.seed + 2)
 
 
 def _best_of_n_samples(cfg, out, prompts, reward, gold, device, precision, show_progress) -> list[dict]:

@@ -10,7 +10,7 @@ import math
 
 from picochat.eval.gold_eval import paired_difference
 from picochat.layout import STAGE_NAMES
-from picochat.report.best_of_n import PICKS, best_of_n_curves, reading, rl_points
+from picochat.report.best_of_n import PICKS, best_of_n_curves, reading, rl_points, sharpening_points
 from picochat.report.collect import RunFiles, stage_figures
 from picochat.report.compare import MODEL_NAMES, score_stats
 from picochat.report.summary_lines import summary_line
@@ -282,21 +282,23 @@ def best_of_n_section(run: RunFiles, comparison: dict) -> list[str]:
         return []
     curves = best_of_n_curves(per_prompt)
     points = rl_points(run.summaries)
+    sharpening = sharpening_points(per_prompt, comparison.get("sharpened"))
     rows = []
     for i, n in enumerate(curves["n"]):
         rows.append([str(n), f"{curves['kl'][i]:.2f}",
                      *[_gain(curves[pick][i]) if pick in curves else NA for pick in PICKS]])
-    for p in points:
+    for p in [*points, *sharpening]:
         rows.append([p["name"], f"{p['kl']:.2f}", _gain(p["gain"]), ""])
     return [
         "## Best of n: what the reward model is worth, and how much of it RL used", "",
         f"The SFT model answered {curves['prompts']} held-out prompts {curves['samples']} times (T=1). "
         "Picking the best of n answers moves the policy by KL = log n − (n−1)/n from the SFT model; the "
         "table gives the gold gain over a random answer of the reward model's pick and of the gold "
-        "scorer's (an oracle: what a perfect reward buys at that KL), with 95% intervals over prompts, and "
-        "the RL models' gold gain of their T=1 samples at their KL to SFT.", "",
+        "scorer's (an oracle: what a perfect reward buys at that KL), with 95% intervals over prompts, "
+        "the RL models' gold gain of their T=1 samples at their KL to SFT, and the SFT model sampled at a "
+        "lower temperature (4 answers per prompt), which sharpens it with no training at all.", "",
         *_table(["n (or model)", "KL", "gain: " + PICKS["rm"], "gain: " + PICKS["gold"]], rows),
-        "", reading(curves, points), "",
+        "", reading(curves, points, sharpening), "",
     ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from picochat.report.best_of_n import PICKS, best_of_n_curves, rl_points
+from picochat.report.best_of_n import PICKS, best_of_n_curves, rl_points, sharpening_points
 from picochat.report.collect import RunFiles
 from picochat.report.compare import MODEL_NAMES, score_stats
 
@@ -122,6 +122,10 @@ def plot_best_of_n(run: RunFiles, comparison: dict, path: Path) -> bool:
         g = point["gain"]
         ax.errorbar([point["kl"]], [g["mean"]], yerr=[[g["mean"] - g["ci95"][0]], [g["ci95"][1] - g["mean"]]],
                     fmt=marker, color="black", markersize=5, capsize=3, label=point["name"])
+    sharpening = sharpening_points(per_prompt, comparison.get("sharpened"))
+    if sharpening:
+        ax.plot([0.0, *[p["kl"] for p in sharpening]], [0.0, *[p["gain"]["mean"] for p in sharpening]],
+                linestyle="--", marker="x", color="tab:gray", label="SFT at T = 1, 0.7, 0.5 (no training)")
     ax.set_xlabel("KL from the SFT model (nats)")
     ax.set_ylabel("gold gain over a random SFT answer")
     ax.axhline(0, color="black", linewidth=0.5)

@@ -181,8 +181,35 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)
     if name == "report":
         r = cfg.report
-        return Work(sample_steps=_gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4))
+        compare = Work(sample_steps=_gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4))
+        card = _benchmark_card_work(cfg)
+        return Work(forward_tokens=card.forward_tokens, sample_steps=compare.sample_steps + card.sample_steps)
     return None
+
+
+# Tokens of one multiple-choice item (every choice is a sequence): ~4 choices of ~100 tokens, and
+# TruthfulQA's primer (~250 tokens) repeated for ~8 choices. Counted on the shared sets' first
+# items with the tiny tokenizer.
+CARD_ITEM_TOKENS = {"truthfulqa": 2400}
+CARD_ITEM_TOKENS_DEFAULT = 500
+CARD_CHAT_REPLY_TOKENS = 16  # the chat form's lettered reply (picochat.eval.benchmarks.card)
+
+
+def _benchmark_card_work(cfg: RunConfig) -> Work:
+    """The report's benchmark card: the 4 models by log-likelihood, the 3 chat models also in the
+    chat form; GSM8K is greedy generation in both (a whole set, limit 0, counted as 1,000 items)."""
+    e = cfg.eval
+    if not e.tasks or not (e.data_dir or e.sources):
+        return Work()
+    items = e.limit or 1000
+    batches = math.ceil(items / e.batch_size)
+    choice_tasks = [t for t in e.tasks if t != "gsm8k"]
+    chat_forms = 3 if "chat" in (e.forms or ["chat"]) else 0
+    tokens = 4 * items * sum(CARD_ITEM_TOKENS.get(t, CARD_ITEM_TOKENS_DEFAULT) for t in choice_tasks)
+    steps = chat_forms * len(choice_tasks) * batches * CARD_CHAT_REPLY_TOKENS
+    if "gsm8k" in e.tasks:
+        steps += (4 + chat_forms) * batches * e.max_new_tokens
+    return Work(forward_tokens=tokens, sample_steps=steps * e.batch_size / SAMPLE_ROWS)
 
 
 def fmt_seconds(seconds: float) -> str:
