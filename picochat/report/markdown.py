@@ -270,8 +270,8 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
     if "best_of_4_gold_gain" in rm:
         lines.append(f"- What the reward model can buy: its favourite of 4 SFT answers to a held-out prompt scores "
                      f"{fmt(rm['best_of_4_gold_gain'], '+.3f')} gold over a random one, the gold scorer's own pick "
-                     f"{fmt(rm['best_of_4_oracle_gain'], '+.3f')} (rm/summary.json). Best-of-4 sampling moves about as "
-                     "far from SFT (KL 0.64 nats) as a default PPO run.")
+                     f"{fmt(rm['best_of_4_oracle_gain'], '+.3f')} (rm/summary.json), at a KL of 0.64 nats from SFT "
+                     "(the best-of-n section compares it with the RL models and with a lower temperature).")
     return lines + [""]
 
 
