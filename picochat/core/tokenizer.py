@@ -16,6 +16,7 @@ Design:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -45,16 +46,38 @@ CJK_CHAR_PATTERN = (
 TOKENIZER_FILE = "tokenizer.json"
 
 
+# GPT-2's pre-tokenizer regex, the one `pre_tokenizers.ByteLevel(use_regex=True)` applies.
+GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    r"""Digits one by one, GPT-2's regex, then one piece per CJK character, then bytes.
+
+    The first two steps are llama.cpp's "refact" pre-tokenizer (`\p{N}`, then GPT-2's regex), so a
+    GGUF export tokenizes exactly as picochat does: the CJK split comes last and only cuts inside
+    GPT-2's pieces, and since no merge was ever learned across a CJK character's edge, BPE on
+    llama.cpp's uncut piece gives the same tokens (`tests/test_gguf.py`). Tokenizers trained before
+    this order (CJK split first) differ only on whitespace runs right before a CJK character; their
+    tokenizer.json keeps their own order."""
     return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(CJK_CHAR_PATTERN), behavior="isolated"),
             # One token per digit: a small model then learns column-wise arithmetic instead of
             # memorising which multi-digit chunks BPE happened to merge (as Llama and others do).
             pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            pre_tokenizers.Split(Regex(GPT2_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(CJK_CHAR_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
+
+
+def llama_cpp_pre_tokenizer(tokenizer_json: str) -> str | None:
+    """The llama.cpp pre-tokenizer name ("refact") that tokenizes exactly as this tokenizer.json,
+    or None when its pre-tokenizer is another one (e.g. picochat's order before GGUF export)."""
+    probe = HFTokenizer(models.BPE())  # a blank tokenizer with our pre-tokenizer, to serialise it
+    probe.pre_tokenizer = _pre_tokenizer()
+    expected = json.loads(probe.to_str())["pre_tokenizer"]
+    return "refact" if json.loads(tokenizer_json).get("pre_tokenizer") == expected else None
 
 
 class Tokenizer:
