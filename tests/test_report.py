@@ -234,3 +234,12 @@ def test_held_out_prompts_too_long_for_the_models_are_left_out_not_fatal(run_dir
     assert all(len(render_prompt(tok, p.messages)) <= lengths[len(lengths) // 2] for p in kept)
     cfg.report.max_new_tokens = cfg.model.max_seq_len  # no room for any prompt
     assert held_out_prompts(run_dir, 10_000, answer_room(cfg, run_dir))[0] == []
+
+
+def test_benchmark_card_in_the_chat_form_only_leaves_the_pretrained_model_out(run_dir, tmp_path):
+    run = _copy_run(run_dir, tmp_path / "run")
+    assert main(["report", "--out", str(run), "--no-progress", "eval.forms=[chat]", "eval.limit=2"]) == 0
+    report = (run / "report.md").read_text(encoding="utf-8")
+    section = report.split("## Benchmark card")[1].split("## Sample conversations")[0]
+    assert "**chat**" in section and "**loglik**" not in section and "| pretrained |" not in section
+    assert "| SFT |" in section and "first 2 items of each set" in section

@@ -46,7 +46,8 @@ def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> di
         return {"cards": {}, "note": "no benchmark data: set eval.data_dir to a folder of local copies of the sets "
                 "(arc_easy_test.jsonl.gz, hellaswag_val.jsonl.gz, ... as in the project's shared/data/eval), or "
                 "eval.sources, then rerun `picochat report`."}
-    stages = [s for s in MODEL_STAGES if (out / s / "model.safetensors").exists()]
+    # a stage with no form to be scored in (eval.forms=[chat] and the pretrained model) is left out
+    stages = [s for s in MODEL_STAGES if (out / s / "model.safetensors").exists() and card_forms(s, ecfg.forms)]
     if not stages:
         return {"cards": {}, "note": "no trained model in this run yet."}
     try:

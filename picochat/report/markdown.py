@@ -309,10 +309,10 @@ def benchmark_section(cards: dict | None) -> list[str]:
     lines = ["## Benchmark card", ""]
     if not cards["cards"]:
         return lines + [f"n/a: {cards['note']}", ""]
-    first = next(iter(cards["cards"].values()))
+    first_form = next(iter(next(iter(cards["cards"].values()))["results"].values()))
     lines += [
         f"Standard benchmarks scored as lm-evaluation-harness scores them (`picochat eval`; first "
-        f"{first['results']['loglik'][next(iter(first['results']['loglik']))]['n']} items of each set). "
+        f"{next(iter(first_form.values()))['n']} items of each set). "
         "*loglik*: the most likely choice after the harness's prompt; *chat*: the question in the chat "
         "template, the answer read from the reply. Each cell is the task's usual metric with its 95% interval; "
         "CORE is the mean centred score, (score − chance) / (1 − chance): 0 is chance, 1 perfect. "
