@@ -212,6 +212,8 @@ def test_picochat_eval_prints_and_writes_the_card(run_dir, eval_data, tmp_path, 
     assert "TASK=PATH_OR_HF_SPEC" in capsys.readouterr().err
     assert main(["eval", "--ckpt", str(run_dir / "sft"), "--tasks", "arc_easy,mmlu"]) == 2
     assert "unknown benchmark task(s) mmlu" in capsys.readouterr().err
+    assert main(["eval", "--ckpt", str(run_dir / "rm"), "--data-dir", str(eval_data), "--tasks", "arc_easy"]) == 2
+    assert "is a reward model" in capsys.readouterr().err
 
 
 def test_log_likelihoods_equal_lm_evaluation_harness_on_the_same_items(run_dir, eval_data):

@@ -75,6 +75,9 @@ def cmd_eval(args, stdout=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer, meta = load_model_and_tokenizer(args.ckpt)
+    if model.cfg.head != "lm":
+        raise ValueError(f"{args.ckpt} is a reward model (one score per answer, no next-token probabilities); "
+                         "the benchmark card scores language models: pretrained, SFT, PPO or DPO")
     loaded = [load_task(name, args.data_dir, limit=args.limit, shots=args.shots, source=sources.get(name, ""))
               for name in names]
     card = evaluate_card(model, tokenizer, loaded, forms_for(args.form, meta.get("stage")), shots=args.shots,
