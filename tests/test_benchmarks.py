@@ -146,8 +146,8 @@ def test_few_shot_prompts_put_solved_examples_first_and_never_the_item_itself(ev
     same_file = load_task("hellaswag", str(eval_data), shots=3)  # no train split: the file minus the item
     item = same_file.items[0]
     assert f"\n\n{item.query}" in with_shots(item, same_file.fewshot_pool, 3)
-    with pytest.raises(ValueError, match="no few-shot"):
-        load_task("truthfulqa", str(eval_data), shots=1)
+    tqa = load_task("truthfulqa", str(eval_data), shots=3)  # its primer is its few-shot prompt: 0-shot
+    assert tqa.fewshot_pool == [] and with_shots(tqa.items[0], tqa.fewshot_pool, 3) == tqa.items[0].query
 
 
 def _write(path: Path, lines: list[str]) -> Path:

@@ -182,7 +182,7 @@ class Task:
     parse: Callable[[str, dict, str], Item]
     language: str
     hf_source: str  # the Hub dataset to name in the error when no local copy is found
-    shots_allowed: bool = True  # TruthfulQA's primer is its few-shot prompt
+    shots_allowed: bool = True  # False: scored 0-shot whatever `shots` says (TruthfulQA's primer is its own)
 
     @property
     def generative(self) -> bool:
@@ -255,6 +255,8 @@ def with_shots(item: Item, pool: list[Item], shots: int, rng_seed: int = FEWSHOT
     candidates = [p for p in pool if p.item_id != item.item_id or p.query != item.query]
     rng = random.Random(f"{rng_seed}:{item.task}:{item.item_id}")
     examples = rng.sample(candidates, min(shots, len(candidates)))
+    if not examples:  # no pool (TruthfulQA: its primer is its few-shot prompt)
+        return item.query
     solved = [e.query + TARGET_DELIMITER + (e.target if isinstance(e, GenerationItem) else e.choices[e.gold])
               for e in examples]
     return FEWSHOT_DELIMITER.join(solved) + FEWSHOT_DELIMITER + item.query
@@ -272,12 +274,10 @@ def load_task(name: str, data_dir: str, *, limit: int = 0, shots: int = 0, sourc
               fewshot_pool_size: int = 2000) -> LoadedTask:
     """Read task `name`'s items (the first `limit`) and, for `shots` > 0, its few-shot pool."""
     task = TASKS[name]
-    if shots and not task.shots_allowed:
-        raise ValueError(f"benchmark {name} takes no few-shot examples (its prompt has its own); use shots=0")
     path = find_task_file(task, task.file, data_dir, source)
     items = read_items(task, path, limit)
     pool: list[Item] = []
-    if shots:
+    if shots and task.shots_allowed:  # TruthfulQA stays 0-shot after its primer, as in the harness
         if task.fewshot_file and not source:
             pool = read_items(task, find_task_file(task, task.fewshot_file, data_dir), fewshot_pool_size)
         else:
