@@ -227,3 +227,17 @@ def test_log_likelihoods_equal_lm_evaluation_harness_on_the_same_items(run_dir, 
     for row in compare(ours, theirs, names):
         assert row["items"] == 4 and row["max_abs_diff"] < 1e-4, row
         assert row["acc"][0] == row["acc"][1] and row["acc_norm"][0] == row["acc_norm"][1], row
+
+
+def test_records_in_the_hubs_shape_read_the_same(eval_data):
+    """`hf:` sources arrive in the Hub's record shapes: ARC's choices as lists under "text" and
+    "label", HellaSwag's context split in ctx_a and ctx_b (whose first letter the harness capitalises)."""
+    from picochat.eval.benchmarks.tasks import parse_arc, parse_hellaswag
+
+    local = load_task("arc_easy", str(eval_data)).items[0]
+    hub = parse_arc("arc_easy", {"question": "Which of these is a planet, number 0?", "answerKey": "A",
+                                 "choices": {"text": list(local.choices), "label": ["A", "B", "C", "D"]}}, "arc-0")
+    assert hub == local
+    hs = parse_hellaswag("hellaswag", {"activity_label": "Roof shingle removal", "ctx_a": "A man is on a roof.",
+                                       "ctx_b": "he", "endings": ["a", "b"], "label": "1"}, "0")
+    assert hs.query == "Roof shingle removal: A man is on a roof. He" and hs.gold == 1
