@@ -47,3 +47,22 @@ def test_binding_every_interface_without_key_or_allowed_hosts_is_refused(monkeyp
         cmd_serve(args)
     assert parser().parse_args(["--ckpt", "d", "--allowed-hosts", "a.example, b.example"]).allowed_hosts == [
         "a.example", "b.example"]
+
+
+def test_labeling_page_offers_the_runs_world_prompts_when_no_file_is_given(run_dir, tmp_path, capsys):
+    """A newcomer who opens /label on a demo model finds prompts to rank: the training prompts of
+    the run's built-in world (those the label stage draws from), not an empty queue."""
+    from picochat.cli.serve import label_store
+    from picochat.layout import load_model_and_tokenizer
+
+    _, tokenizer, _ = load_model_and_tokenizer(run_dir / "sft")
+    args = argparse.Namespace(label_prompts=None, label_out=str(tmp_path / "labels.jsonl"), label_k=3,
+                              ckpt=str(run_dir / "sft"))
+    store = label_store(args, tokenizer, context=128)
+    train_prompts = (run_dir / "world" / "chat_train.jsonl").read_text(encoding="utf-8")
+    assert store.progress()["total"] > 10
+    assert all(messages[-1]["content"] in train_prompts for messages in store.prompts.values())
+    assert "prompts of the run's world" in capsys.readouterr().out
+    elsewhere = argparse.Namespace(label_prompts=None, label_out=str(tmp_path / "l2.jsonl"), label_k=3,
+                                   ckpt=str(tmp_path / "model"))  # a model outside any run: people type prompts
+    assert label_store(elsewhere, tokenizer, context=128).progress()["total"] == 0

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from picochat.core.precision import default_device, resolve_precision
+from picochat.feedback.autolabel import world_label_prompts
 from picochat.layout import load_model_and_tokenizer
 from picochat.reward_model import RewardModel
 from picochat.serve.engine import BatchEngine
@@ -59,7 +60,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="torch threads of the generation thread (default: cores - 1, one core stays for HTTP)")
     p.add_argument("--label-prompts", default=None,
-                   help="JSONL of prompts for the labeling page: {\"messages\": [...]} or {\"prompt\": ...} per line")
+                   help="JSONL of prompts for the labeling page: {\"messages\": [...]} or {\"prompt\": ...} per line "
+                        "(default: 500 training prompts of the checkpoint's run's built-in world, when it has one)")
     p.add_argument("--label-out", default=None,
                    help="preference JSONL the rankings are appended to (default: <run>/human_labels/"
                         "preferences.jsonl in the checkpoint's run, else ./human_preferences.jsonl)")
@@ -139,10 +141,29 @@ def serving_precision(choice: str, device) -> str:
     return resolve_precision(choice, device)
 
 
+WORLD_LABEL_PROMPTS = 500  # prompts the labeling page offers from a run's world when no file is given
+
+
+def world_prompts_of_run(ckpt: str | Path) -> Path | None:
+    """The world folder of the run the checkpoint sits in (`<run>/world/chat_train.jsonl`), if any."""
+    world = Path(ckpt).resolve().parent / "world"
+    return world if (world / "chat_train.jsonl").exists() else None
+
+
 def label_store(args, tokenizer, context: int) -> LabelStore:
-    """The labeling queue: --label-prompts (those too long to answer are skipped), rankings to --label-out."""
+    """The labeling queue: --label-prompts (those too long to answer are skipped), else the training
+    prompts of the checkpoint's run's built-in world (the ones the label stage draws from), else
+    none (people type their own); rankings to --label-out."""
     fits = context_check(tokenizer, context)
-    prompts = read_label_prompts(args.label_prompts, check=fits) if args.label_prompts else []
+    if args.label_prompts:
+        prompts = read_label_prompts(args.label_prompts, check=fits)
+    elif (world := world_prompts_of_run(args.ckpt)) is not None:
+        drawn = world_label_prompts(world, "train", WORLD_LABEL_PROMPTS, seed=0)
+        prompts = [messages for messages, _ in drawn if fits(messages) is None]
+        print(f"[serve] labeling page: {len(prompts)} prompts of the run's world ({world / 'chat_train.jsonl'}); "
+              "--label-prompts FILE to rank answers to your own")
+    else:
+        prompts = []
     out = Path(args.label_out) if args.label_out else default_label_out(args.ckpt)
     return LabelStore(out, prompts, k=args.label_k, check=fits)
 
