@@ -32,10 +32,24 @@ def answer_prompts(
     desc: str = "answering",
 ) -> list[tuple[str, bool]]:
     """(response text, finished) for every prompt; finished = the model emitted its end token."""
+    ids = [render_prompt(tokenizer, p) for p in prompts]
+    return answer_token_prompts(model, tokenizer, ids, sampling, precision, batch_size, show_progress, desc)
+
+
+def answer_token_prompts(
+    model: GPT,
+    tokenizer: Tokenizer,
+    ids: list[list[int]],
+    sampling: SamplingConfig,
+    precision: str,
+    batch_size: int = 64,
+    show_progress: bool = False,
+    desc: str = "answering",
+) -> list[tuple[str, bool]]:
+    """answer_prompts for prompts already tokenized (e.g. a benchmark's plain-text prompt)."""
     device = next(model.parameters()).device
     stop = (tokenizer.im_end_id, tokenizer.eot_id)
     sampling = SamplingConfig(**{**sampling.__dict__, "stop_ids": stop})
-    ids = [render_prompt(tokenizer, p) for p in prompts]
     # Similar lengths in one batch waste less padding; results are put back in prompt order.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[tuple[str, bool] | None] = [None] * len(ids)

@@ -21,12 +21,8 @@ import statistics
 import time
 from collections.abc import Sequence
 
-import torch
-from tqdm.auto import tqdm
-
 from picochat.core.chat import render_prompt
-from picochat.core.generate import SamplingConfig, generate
-from picochat.core.precision import autocast
+from picochat.core.generate import SamplingConfig
 from picochat.core.tokenizer import Tokenizer
 from picochat.eval.benchmarks.answers import (
     answer_matches,
@@ -38,6 +34,7 @@ from picochat.eval.benchmarks.answers import (
 from picochat.eval.benchmarks.items import ChoiceItem, GenerationItem
 from picochat.eval.benchmarks.loglikelihood import continuation_logprobs, encode_pair
 from picochat.eval.benchmarks.tasks import TARGET_DELIMITER, LoadedTask, with_shots
+from picochat.eval.gold_eval import answer_token_prompts
 
 FORMS = ("loglik", "chat")
 CHAT_MODEL_STAGES = ("sft", "ppo", "dpo")  # models trained on conversations: asked in the chat form too
@@ -120,23 +117,13 @@ def greedy_replies(model, tokenizer: Tokenizer, prompts: list[list[int]], *, max
     """Greedy replies (text) to token-id prompts, each cut from the left to leave room for
     `max_new_tokens` (at most half the model's context, so a prompt keeps the other half); also
     how many prompts had to be cut."""
-    device = next(model.parameters()).device
     max_new_tokens = min(max_new_tokens, model.cfg.max_seq_len // 2)
     room = model.cfg.max_seq_len - max_new_tokens
     n_cut = sum(len(p) > room for p in prompts)
-    prompts = [p[-room:] for p in prompts]
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
-                              stop_ids=(tokenizer.im_end_id, tokenizer.eot_id))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    replies: list[str] = [""] * len(prompts)
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
-        chunk = order[start:start + batch_size]
-        with torch.no_grad(), autocast(precision, device):
-            results = generate(model, [prompts[i] for i in chunk], sampling, pad_id=tokenizer.pad_id)
-        for i, result in zip(chunk, results):
-            replies[i] = tokenizer.decode(result.tokens)
-    return replies, n_cut
+    answers = answer_token_prompts(model, tokenizer, [p[-room:] for p in prompts],
+                                   SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0), precision,
+                                   batch_size, show_progress, desc)
+    return [text for text, _ in answers], n_cut
 
 
 def answer_gsm8k(model, tokenizer: Tokenizer, loaded: LoadedTask, *, form: str, shots: int, precision: str,
