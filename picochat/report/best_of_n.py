@@ -61,15 +61,20 @@ def _exact_zero(gain: dict) -> dict:
     return {**gain, "mean": clean(gain["mean"]), "ci95": [clean(x) for x in gain["ci95"]]}
 
 
+def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
+    """y at x, linear between the points (xs ascending); None outside [xs[0], xs[-1]]."""
+    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return None
+
+
 def gain_at_kl(curves: dict, pick: str, kl: float) -> float | None:
     """The pick's gold gain at this KL, linear between the measured n (None past the largest)."""
     xs, ys = curves["kl"], [g["mean"] for g in curves.get(pick, [])]
     if not ys or kl > xs[-1]:
         return None
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if x0 <= kl <= x1:
-            return y0 + (y1 - y0) * (kl - x0) / (x1 - x0)
-    return ys[0]
+    return ys[0] if kl <= xs[0] else interpolate(xs, ys, kl)
 
 
 def sharpening_points(per_prompt: list[dict], sharpened: list[dict] | None) -> list[dict]:
@@ -85,13 +90,7 @@ def sharpening_points(per_prompt: list[dict], sharpened: list[dict] | None) -> l
 
 def sharpening_gain_at_kl(points: list[dict], kl: float) -> float | None:
     """What lowering the temperature gains at this KL: linear from (0, 0) through the points."""
-    xs, ys = [0.0, *[p["kl"] for p in points]], [0.0, *[p["gain"]["mean"] for p in points]]
-    if len(xs) < 2 or kl > xs[-1]:
-        return None
-    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]):
-        if x0 <= kl <= x1:
-            return y0 + (y1 - y0) * (kl - x0) / (x1 - x0) if x1 > x0 else y1
-    return None
+    return interpolate([0.0, *[p["kl"] for p in points]], [0.0, *[p["gain"]["mean"] for p in points]], kl)
 
 
 def rl_points(summaries: dict) -> list[dict]:
