@@ -165,33 +165,34 @@ def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision,
                                                 show_progress)
     if n_best:
         print(f"[report] best-of-n: the SFT model answers {n_best} held-out prompts {cfg.report.best_of_n} times")
-        result["best_of_n"] = _best_of_n_samples(cfg, out, prompts[:n_best], reward, gold, device, precision,
+        sft, meta = load_model(out / "sft", device)  # both below sample the SFT model
+        tokenizer = model_tokenizer(meta)
+        result["best_of_n"] = _best_of_n_samples(cfg, sft, tokenizer, prompts[:n_best], reward, gold, precision,
                                                  show_progress)
-        result["sharpened"] = _sharpened_sft(cfg, out, prompts[:n_best], gold, device, precision)
+        result["sharpened"] = _sharpened_sft(cfg, sft, tokenizer, prompts[:n_best], gold, precision)
     return result
 
 
-def _sharpened_sft(cfg, out, prompts, gold, device, precision) -> list[dict]:
-    """The SFT model at T=0.7 and 0.5 on the best-of-n prompts, 4 answers each: gold and KL."""
-    model, meta = load_model(out / "sft", device)
-    tokenizer = model_tokenizer(meta)
-    messages = [p.messages for p in prompts]
+def _answer_room(cfg, model, tokenizer, messages) -> int:
+    """report.max_new_tokens, or less when the longest prompt leaves less room in the context."""
     longest = max(len(render_prompt(tokenizer, m)) for m in messages)
+    return min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
+
+
+def _sharpened_sft(cfg, model, tokenizer, prompts, gold, precision) -> list[dict]:
+    """The SFT model at T=0.7 and 0.5 on the best-of-n prompts, 4 answers each: gold and KL."""
+    messages = [p.messages for p in prompts]
     return sharpened_gold(model, tokenizer, messages, gold, precision=precision, n_samples=4,
-                          max_new_tokens=min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest),
-                          seed=cfg.report.seed + 2)
+                          max_new_tokens=_answer_room(cfg, model, tokenizer, messages), seed=cfg.report.seed + 2)
 
 
-def _best_of_n_samples(cfg, out, prompts, reward, gold, device, precision, show_progress) -> list[dict]:
+def _best_of_n_samples(cfg, model, tokenizer, prompts, reward, gold, precision, show_progress) -> list[dict]:
     """report.best_of_n T=1 answers of the SFT model to each prompt, with their gold (and RM)
     scores: [{"gold": [...], "rm": [...] or None}] per prompt, for `best_of_n.best_of_n_curves`."""
-    model, meta = load_model(out / "sft", device)
-    tokenizer = model_tokenizer(meta)
     k = cfg.report.best_of_n
     messages = [p.messages for p in prompts for _ in range(k)]
-    longest = max(len(render_prompt(tokenizer, m)) for m in messages)
-    sampling = SamplingConfig(max_new_tokens=min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest),
-                              temperature=1.0, seed=cfg.report.seed + 1)
+    sampling = SamplingConfig(max_new_tokens=_answer_room(cfg, model, tokenizer, messages), temperature=1.0,
+                              seed=cfg.report.seed + 1)
     answers = answer_prompts(model, tokenizer, messages, sampling, precision, show_progress=show_progress,
                              desc=f"SFT: best-of-{k} samples")
     texts, finished = [t for t, _ in answers], [f for _, f in answers]
