@@ -83,8 +83,9 @@ def hf_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
-def build(framework: str, size: Size, precision: str, seed: int = 0):
-    """(model, one-training-step callable) for a framework; weights from `seed` (equal across frameworks)."""
+def build(framework: str, size: Size, precision: str, seed: int = 0, compiled: bool = False):
+    """(model, one-training-step callable) for a framework; weights from `seed` (equal across frameworks).
+    compiled: the forward through `torch.compile`, as `train.compile=true` runs it (the loss outside)."""
     torch.manual_seed(seed)
     gpt = GPT(size.model)
     ids, targets = make_batch(size)
@@ -92,17 +93,19 @@ def build(framework: str, size: Size, precision: str, seed: int = 0):
     if framework == "picochat":
         model = gpt
         optimizer = build_optimizer(model, size.train, device)
+        forward = torch.compile(model) if compiled else model
 
         def loss_fn():
-            return lm_loss(model(ids), targets)
+            return lm_loss(forward(ids), targets)
     else:
         from bench.hf_llama import hf_twin
 
         model = hf_twin(gpt)
         optimizer = hf_optimizer(model, size.train)
+        forward = torch.compile(model) if compiled else model  # what TrainingArguments(torch_compile=True) does
 
         def loss_fn():  # shift_labels: the same targets as picochat's, no internal shift
-            return model(input_ids=ids, labels=targets, shift_labels=targets, use_cache=False).loss
+            return forward(input_ids=ids, labels=targets, shift_labels=targets, use_cache=False).loss
     model.train()
 
     def step() -> float:
@@ -185,21 +188,28 @@ def run(args) -> dict:
         flops_per_token = GPT(size.model).flops_per_token(size.seq_len)
         for precision in precisions:
             steps = {fw: build(fw, size, precision)[1] for fw in FRAMEWORKS}
+            if args.compile:  # compiled twins, timed in the same alternating windows (compiled in warm-up)
+                steps.update({f"{fw}+compile": build(fw, size, precision, compiled=True)[1] for fw in FRAMEWORKS})
             times = interleaved_times(steps, warmup=args.warmup, windows=args.windows,
                                       reps_per_window=args.steps_per_window)
-            speedup = paired_speedup(times["picochat"], times["transformers"])
-            for fw in FRAMEWORKS:
+            for fw in steps:
+                speedup = paired_speedup(times[fw], times["transformers"])
                 tps = tokens / median(times[fw])
                 row = {"size": size_name, "precision": precision, "framework": fw, "tokens_per_s": tps,
                        "step_ms": 1000 * median(times[fw]),
                        "mfu": tps * flops_per_token / peaks[precision],
-                       "speedup_vs_transformers": speedup if fw == "picochat" else 1.0,
+                       "speedup_vs_transformers": speedup,
                        "window_tokens_per_s": [tokens / t for t in times[fw]]}
-                if not args.no_memory:
+                if args.compile:
+                    row["speedup_vs_transformers_compiled"] = paired_speedup(times[fw], times["transformers+compile"])
+                if not args.no_memory and fw in FRAMEWORKS:
                     row.update(measure_memory(fw, size_name, precision, torch.get_num_threads()))
                 rows.append(row)
                 print(f"[{size_name} {precision}] {fw}: {tps:,.0f} tok/s, MFU {row['mfu']:.1%}", flush=True)
-            print(f"[{size_name} {precision}] picochat / transformers = {speedup:.2f}x", flush=True)
+            for fw in steps:
+                if fw != "transformers":
+                    print(f"[{size_name} {precision}] {fw} / transformers = "
+                          f"{paired_speedup(times[fw], times['transformers']):.2f}x", flush=True)
     return {"machine": info, "matmul_peak_tflops": {p: v / 1e12 for p, v in peaks.items()},
             "settings": {"warmup": args.warmup, "windows": args.windows, "steps_per_window": args.steps_per_window,
                          "sizes": {n: {"model": sizes()[n].model.to_dict(), "batch_size": sizes()[n].batch_size,
@@ -216,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-per-window", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both frameworks under torch.compile (picochat's train.compile=true)")
     p.add_argument("--probe-memory", nargs=3, metavar=("FRAMEWORK", "SIZE", "PRECISION"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads > 0:
@@ -227,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = [("size", "size"), ("precision", "precision"), ("framework", "framework"),
                ("tokens_per_s", "tokens/s"), ("step_ms", "step ms"), ("mfu", "MFU"),
                ("speedup_vs_transformers", "x transformers")]
+    if args.compile:
+        columns.append(("speedup_vs_transformers_compiled", "x transformers+compile"))
     if not args.no_memory:
         columns += [("peak_rss_mb", "peak RSS MiB"), ("train_rss_mb", "RSS above imports MiB")]
     print()

@@ -66,7 +66,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     precision: str = "auto"  # auto | bf16 | fp32 (auto = bf16 where the hardware runs it fast)
-    compile: bool = False  # torch.compile the model (measured slower on small CPU models)
+    # torch.compile the training forward (falls back to eager if compiling fails): 1.36x on the tiny
+    # preset's pretraining step on a 2-core CPU after ~20-30 s of compiling; fixed shapes only pay
+    compile: bool = False
     eval_every: int = 100  # steps between evaluations (0 = only at the end)
     eval_batches: int = 16  # micro-batches per evaluation
     log_every: int = 10  # steps between log lines / metrics.jsonl records

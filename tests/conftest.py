@@ -95,6 +95,8 @@ TINY = [
     "pretrain.train.max_steps=30", "pretrain.train.batch_size=8", "pretrain.train.eval_every=15",
     "pretrain.train.eval_batches=2", "pretrain.train.log_every=5", "pretrain.train.ckpt_every=10",
     "pretrain.sample.max_new_tokens=12",
+    # compiling costs 10-40 s per process; test_trainer.py tests the compiled path (resume included)
+    "pretrain.train.compile=false",
     "report.eval_prompts=16", "report.max_new_tokens=16", "report.n_examples=4",
 ]
 

@@ -80,6 +80,52 @@ def test_ctrl_c_then_resume_reproduces_uninterrupted_losses(tmp_path, world_shar
     assert second.eval_metrics["val_loss"] == full.eval_metrics["val_loss"]
 
 
+def test_compiled_training_resumes_exactly_and_tracks_eager(tmp_path, world_shards, world_tokenizer):
+    """train.compile=true: a run killed after step 3 and resumed ends with the uninterrupted run's
+    losses and weights bit for bit; the compiled losses follow eager's to fp32 rounding."""
+    cfg = TrainConfig(max_steps=6, batch_size=4, lr=3e-3, lr_warmup_steps=2, eval_every=0, log_every=1,
+                      ckpt_every=3, precision="fp32", compile=True, threads=1)
+    full = _trainer(tmp_path / "full", world_shards, world_tokenizer, cfg)
+    assert not full.forward_model.failed
+    full.fit()
+    assert full.forward_model.first_call_done and not full.forward_model.failed
+    first = TrainConfig(**{**cfg.__dict__, "max_steps": 3})
+    _trainer(tmp_path / "resumed", world_shards, world_tokenizer, first).fit()
+    resumed = _trainer(tmp_path / "resumed", world_shards, world_tokenizer, cfg)
+    assert resumed.try_resume() and resumed.step == 3
+    resumed.fit()
+    losses = [r["loss"] for r in MetricsLog(tmp_path / "full" / "stage" / "metrics.jsonl").read()]
+    assert [r["loss"] for r in MetricsLog(tmp_path / "resumed" / "stage" / "metrics.jsonl").read()] == losses
+    for (n, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), n
+    eager = _trainer(tmp_path / "eager", world_shards, world_tokenizer,
+                     TrainConfig(**{**cfg.__dict__, "compile": False}))
+    eager.fit()
+    eager_losses = [r["loss"] for r in MetricsLog(tmp_path / "eager" / "stage" / "metrics.jsonl").read()]
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+
+
+def test_a_compiler_failure_falls_back_to_eager(tmp_path, world_shards, world_tokenizer, monkeypatch):
+    def broken_compile(module, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return call
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = TrainConfig(max_steps=3, batch_size=2, eval_every=0, log_every=1, ckpt_every=0, precision="fp32",
+                      compile=True)
+    messages = []
+    trainer = _trainer(tmp_path, world_shards, world_tokenizer, cfg)
+    trainer.forward_model.log = messages.append
+    result = trainer.fit()
+    assert result.step == 3 and trainer.forward_model.failed
+    assert len(messages) == 1 and "no C++ compiler found" in messages[0] and "uncompiled" in messages[0]
+    eager = _trainer(tmp_path / "eager", world_shards, world_tokenizer,
+                     TrainConfig(**{**cfg.__dict__, "compile": False}))
+    eager.fit()
+    for a, b in zip(trainer.model.parameters(), eager.model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path, world_shards, world_tokenizer):
     cfg = TrainConfig(max_steps=6, batch_size=2, eval_every=0, log_every=1, ckpt_every=3, precision="fp32")
     _trainer(tmp_path, world_shards, world_tokenizer, cfg).fit()

@@ -38,6 +38,10 @@ FORWARD_COST = 1 / 3  # a forward pass costs about a third of forward + backward
 # once the short answers finish, the sampler drops their rows and the rest steps at a fraction of
 # the cost. Measured on the tiny preset (4,000 x 8): 3.4 min where full-width steps priced 8 min.
 LABEL_STEP_SHARE = 0.42
+# pretrain.train.compile: the tiny preset's compiled pretraining step ran 1.36x faster than eager
+# at 1 and 2 threads after 17-33 s of compiling (bench/README.md); the probe times eager steps.
+COMPILE_SPEEDUP = 1.36
+COMPILE_SECONDS = 30.0
 
 
 @dataclass
@@ -51,9 +55,11 @@ class Work:
     train_tokens: float = 0.0
     forward_tokens: float = 0.0
     sample_steps: float = 0.0
+    fixed_seconds: float = 0.0  # e.g. compiling
 
     def seconds(self, speeds: Speeds) -> float:
-        return ((self.train_tokens + FORWARD_COST * self.forward_tokens) / speeds.train_tokens_per_s
+        return (self.fixed_seconds
+                + (self.train_tokens + FORWARD_COST * self.forward_tokens) / speeds.train_tokens_per_s
                 + self.sample_steps * speeds.sample_step_s)
 
 
@@ -140,8 +146,10 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
     if name == "pretrain":
         t, seq = cfg.pretrain.train, cfg.pretrain.seq_len
         evals = t.max_steps // t.eval_every + 1 if t.eval_every else 1
-        return Work(train_tokens=t.max_steps * t.batch_size * t.grad_accum_steps * seq,
-                    forward_tokens=evals * t.eval_batches * t.batch_size * seq)
+        speedup = COMPILE_SPEEDUP if t.compile else 1.0
+        return Work(train_tokens=t.max_steps * t.batch_size * t.grad_accum_steps * seq / speedup,
+                    forward_tokens=evals * t.eval_batches * t.batch_size * seq,
+                    fixed_seconds=COMPILE_SECONDS if t.compile else 0.0)
     if name == "sft":
         s = cfg.sft
         t = s.train

@@ -35,6 +35,7 @@ from picochat.core.checkpoint import load_checkpoint_state, load_weights, save_c
 from picochat.core.io import MetricsLog
 from picochat.core.model import GPT
 from picochat.core.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
+from picochat.train.compiled import CompiledForward
 from picochat.train.contention import StepTimeWatch
 
 Batch = dict[str, torch.Tensor]
@@ -170,7 +171,8 @@ class Trainer:
         self.wrapped = parallel.wrap(self.model, cfg.parallel, self.device)
         self.sharded = parallel.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.forward_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+        # Evaluation runs the uncompiled model: it is a few no-grad batches, not worth a second compile.
+        self.forward_model = CompiledForward(self.wrapped, label=stage) if cfg.compile else self.wrapped
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.step = 0
         self.loss_window: list[float] = []  # losses since the last log line (saved for exact resume)
@@ -261,7 +263,7 @@ class Trainer:
             return {}
         self.model.eval()
         with autocast(self.precision, self.device):
-            out = self.evaluate_fn(self.forward_model)
+            out = self.evaluate_fn(self.wrapped)
         self.model.train()
         return out
 
