@@ -85,7 +85,8 @@ def hf_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
 
 def build(framework: str, size: Size, precision: str, seed: int = 0, compiled: bool = False):
     """(model, one-training-step callable) for a framework; weights from `seed` (equal across frameworks).
-    compiled: the forward through `torch.compile`, as `train.compile=true` runs it (the loss outside)."""
+    compiled: through `torch.compile` as `train.compile=true` runs it: picochat's whole loss, transformers'
+    model (whose forward computes the loss from `labels`)."""
     torch.manual_seed(seed)
     gpt = GPT(size.model)
     ids, targets = make_batch(size)
@@ -93,16 +94,16 @@ def build(framework: str, size: Size, precision: str, seed: int = 0, compiled: b
     if framework == "picochat":
         model = gpt
         optimizer = build_optimizer(model, size.train, device)
-        forward = torch.compile(model) if compiled else model
-
         def loss_fn():
-            return lm_loss(forward(ids), targets)
+            return lm_loss(model(ids), targets)
+        if compiled:  # the whole loss, as the Trainer compiles it in one process
+            loss_fn = torch.compile(loss_fn)
     else:
         from bench.hf_llama import hf_twin
 
         model = hf_twin(gpt)
         optimizer = hf_optimizer(model, size.train)
-        forward = torch.compile(model) if compiled else model  # what TrainingArguments(torch_compile=True) does
+        forward = torch.compile(model) if compiled else model  # as TrainingArguments(torch_compile=True)
 
         def loss_fn():  # shift_labels: the same targets as picochat's, no internal shift
             return forward(input_ids=ids, labels=targets, shift_labels=targets, use_cache=False).loss

@@ -86,9 +86,9 @@ def test_compiled_training_resumes_exactly_and_tracks_eager(tmp_path, world_shar
     cfg = TrainConfig(max_steps=6, batch_size=4, lr=3e-3, lr_warmup_steps=2, eval_every=0, log_every=1,
                       ckpt_every=3, precision="fp32", compile=True, threads=1)
     full = _trainer(tmp_path / "full", world_shards, world_tokenizer, cfg)
-    assert not full.forward_model.failed
+    assert not full.compute_loss.failed
     full.fit()
-    assert full.forward_model.first_call_done and not full.forward_model.failed
+    assert full.compute_loss.first_call_done and not full.compute_loss.failed
     first = TrainConfig(**{**cfg.__dict__, "max_steps": 3})
     _trainer(tmp_path / "resumed", world_shards, world_tokenizer, first).fit()
     resumed = _trainer(tmp_path / "resumed", world_shards, world_tokenizer, cfg)
@@ -106,7 +106,7 @@ def test_compiled_training_resumes_exactly_and_tracks_eager(tmp_path, world_shar
 
 
 def test_a_compiler_failure_falls_back_to_eager(tmp_path, world_shards, world_tokenizer, monkeypatch):
-    def broken_compile(module, *args, **kwargs):
+    def broken_compile(fn, *args, **kwargs):
         def call(*a, **k):
             raise RuntimeError("no C++ compiler found")
         return call
@@ -115,9 +115,9 @@ def test_a_compiler_failure_falls_back_to_eager(tmp_path, world_shards, world_to
                       compile=True)
     messages = []
     trainer = _trainer(tmp_path, world_shards, world_tokenizer, cfg)
-    trainer.forward_model.log = messages.append
+    trainer.compute_loss.log = messages.append
     result = trainer.fit()
-    assert result.step == 3 and trainer.forward_model.failed
+    assert result.step == 3 and trainer.compute_loss.failed
     assert len(messages) == 1 and "no C++ compiler found" in messages[0] and "uncompiled" in messages[0]
     eager = _trainer(tmp_path / "eager", world_shards, world_tokenizer,
                      TrainConfig(**{**cfg.__dict__, "compile": False}))

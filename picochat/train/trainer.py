@@ -35,7 +35,7 @@ from picochat.core.checkpoint import load_checkpoint_state, load_weights, save_c
 from picochat.core.io import MetricsLog
 from picochat.core.model import GPT
 from picochat.core.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
-from picochat.train.compiled import CompiledForward
+from picochat.train.compiled import CompiledCall
 from picochat.train.contention import StepTimeWatch
 
 Batch = dict[str, torch.Tensor]
@@ -171,13 +171,25 @@ class Trainer:
         self.wrapped = parallel.wrap(self.model, cfg.parallel, self.device)
         self.sharded = parallel.is_sharded(self.wrapped)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        # Evaluation runs the uncompiled model: it is a few no-grad batches, not worth a second compile.
-        self.forward_model = CompiledForward(self.wrapped, label=stage) if cfg.compile else self.wrapped
+        self.compute_loss = self._loss_function(stage)  # batch -> loss; evaluation runs the model uncompiled
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl")
         self.step = 0
         self.loss_window: list[float] = []  # losses since the last log line (saved for exact resume)
         self.tokens_seen = 0  # over all processes
         self.tb = self._tensorboard() if cfg.tensorboard and self.is_main else None
+
+    def _loss_function(self, stage: str) -> Callable[[Batch], torch.Tensor]:
+        """The stage's loss of a batch through the training model; with train.compile, compiled
+        (picochat.train.compiled says what and why)."""
+        def loss_of(batch: Batch) -> torch.Tensor:
+            return self.loss_fn(self.wrapped, batch)
+
+        if not self.cfg.compile:
+            return loss_of
+        if self.world_size > 1:
+            compiled_model = torch.compile(self.wrapped)
+            return CompiledCall(loss_of, lambda batch: self.loss_fn(compiled_model, batch), label=stage)
+        return CompiledCall(loss_of, torch.compile(loss_of), label=stage)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -409,7 +421,7 @@ class Trainer:
         for micro, batch in enumerate(batches):
             with parallel.gradient_sync(self.wrapped, enabled=micro == accum - 1):
                 with autocast(self.precision, self.device):
-                    loss = self.loss_fn(self.forward_model, batch)
+                    loss = self.compute_loss(batch)
                 (loss / accum if scales is None else loss * scales[micro]).backward()
             loss_sum += loss.item() if scales is None else loss.item() * scales[micro]
             # A stage whose rows are padded may say how many tokens are real ("n_tokens"), so that
