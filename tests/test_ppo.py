@@ -123,6 +123,37 @@ def test_norms_only_rl_changes_only_the_norm_gains_and_still_learns(run_dir, tmp
         assert torch.equal(value, trainer.policy.state_dict()[name]), name
 
 
+def test_rows_without_advantage_are_left_out_of_the_update_with_the_same_result(run_dir, tmp_path, monkeypatch):
+    """advantage=best gives 3 of every 4 rows advantage 0: the update skips them (fewer rows
+    through the policy) and ends with the weights of the update that computes them."""
+    import picochat.train.ppo as ppo_module
+
+    cfg = _setup(run_dir, tmp_path, iterations=2, epochs=2, advantage="best", samples_per_prompt=4,
+                 rollout_prompts=4, minibatch_size=8)
+    rows_forwarded, weights = {}, {}
+    real = ppo_module.response_logprobs
+    for skip in (True, False):
+        trainer = PPOTrainer(cfg, tmp_path / f"out_{skip}", show_progress=False)
+        assert trainer.skip_idle_rows  # best, no value model, KL in the reward, no entropy bonus
+        trainer.skip_idle_rows = skip
+        seen = []
+
+        def counting(model, ids, *args, seen=seen, **kwargs):
+            if torch.is_grad_enabled():  # the update's forwards, not the rollout's old log-probs
+                seen.append(ids.shape[0])
+            return real(model, ids, *args, **kwargs)
+
+        monkeypatch.setattr(ppo_module, "response_logprobs", counting)
+        assert trainer.fit()
+        rows_forwarded[skip], weights[skip] = sum(seen), trainer.policy.state_dict()
+    assert rows_forwarded[False] == 2 * 2 * 16  # iterations x epochs x rows
+    assert rows_forwarded[True] <= rows_forwarded[False] // 2, rows_forwarded
+    for name, value in weights[True].items():
+        torch.testing.assert_close(value, weights[False][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(v, PPOTrainer(cfg, tmp_path / "fresh", show_progress=False).policy.state_dict()[k])
+               for k, v in weights[True].items())  # and the update did move the policy
+
+
 def test_a_toy_reward_is_learned_in_a_few_iterations(run_dir, tmp_path):
     """'Answer in digits' as the whole reward (the share of an answer's characters that are
     digits): the reward of the rollouts rises within a few iterations, with GRPO and the KL as a

@@ -127,6 +127,11 @@ class PPOTrainer:
             torch.set_num_threads(tcfg.threads)
         self.optimizer = build_optimizer(torch.nn.ModuleList(self.trained_models()), tcfg, self.device)
         self.kl_ctl = kl_controller(self.pcfg)
+        # With no value loss, no KL or entropy term in the loss, a row whose advantage is 0 on every
+        # token adds exactly nothing to the gradient: the update leaves such rows out (advantage=best
+        # reinforces one answer of each group, so 3 of 4 rows at k=4) and keeps the loss's divisor.
+        self.skip_idle_rows = (self.value is None and self.pcfg.kl_penalty == "reward"
+                               and not self.pcfg.entropy_coef)
         prompt_sets = load_ppo_prompts(self.pcfg, self.out, self.tokenizer, self.policy.cfg.max_seq_len)
         self.prompts, self.eval_prompts = prompt_sets.train, prompt_sets.held_out  # held_out: from files only
         self.n_prompts_too_long = prompt_sets.n_too_long
@@ -354,6 +359,15 @@ class PPOTrainer:
                 "advantage_mean_raw": float(masked_mean(returns - old_values, mask))}
 
     def _minibatch_loss(self, ro, r, old_logprobs, ref_logprobs, old_values, advantages, returns, mask):
+        # Rows with no advantage anywhere change nothing (see skip_idle_rows): the loss is computed
+        # on the others and scaled by their share of the valid tokens, the same mean over all rows.
+        # The statistics (approx_kl, clipfrac, entropy) are then those of the reinforced rows.
+        share = 1.0
+        if self.skip_idle_rows:
+            active = r[(advantages[r] != 0).any(1)]
+            if 0 < len(active) < len(r):
+                share = float(mask[active].sum() / mask[r].sum())
+                r = active
         # Only the columns these rows use: from their longest prompt's first token to their longest
         # response's last. The rollout is padded to the longest of all rows; a minibatch of a few
         # of them needs less (often half), and the padding columns change nothing but the cost.
@@ -368,6 +382,7 @@ class PPOTrainer:
             logprobs, logits = response_logprobs(self.policy_ddp, ids, attn, prompt_len, self.pcfg.temperature)
             values = None if self.value is None else response_logits(self.value_ddp, ids, attn, prompt_len).float()
         pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[r][:, :R], advantages[r][:, :R], m, self.pcfg.clip_range)
+        pg_loss = pg_loss * share
         loss = pg_loss
         stats = {"policy_loss": pg_loss.item(), **pg_stats}
         if values is not None:
