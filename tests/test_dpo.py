@@ -150,6 +150,27 @@ def test_reference_logprobs_computed_once_equal_a_fresh_computation(tiny_lm, wor
         assert dpo_batch_loss(tiny_lm, batch, beta=0.1).item() == pytest.approx(math.log(2), abs=1e-4)
 
 
+def test_only_the_rows_the_batches_draw_get_reference_logprobs(tiny_lm, world_tokenizer):
+    """rows_trained_on lists the rows dpo_batch will draw over the run: those are scored (as a full
+    pass scores them), the rest stay NaN, and no batch of any step, micro-step or process reads a NaN."""
+    from picochat.train.dpo import all_row_logprobs, rows_trained_on
+
+    data = encode_preferences(_records() * 6, world_tokenizer, 128)  # 48 rows, 36 pairs
+    steps, accum, world, batch = 3, 2, 2, 2
+    used = rows_trained_on(data, batch, seed=4, steps=steps, grad_accum_steps=accum, world_size=world)
+    assert 0 < len(used) < len(data.rows)
+    data.ref_logps = all_row_logprobs(tiny_lm, data, world_tokenizer.pad_id, "fp32", rows=used)
+    assert np.isfinite(data.ref_logps[used]).all()
+    assert np.isnan(np.delete(data.ref_logps, used)).all()
+    full = row_logprobs(tiny_lm, data, world_tokenizer.pad_id, "fp32")
+    assert data.ref_logps[used] == pytest.approx(full[used], abs=1e-4)
+    for step in range(steps + 1):
+        for micro in range(accum):
+            for rank in range(world):
+                b = dpo_batch(data, batch, world_tokenizer.pad_id, 4, step, micro, rank, world)
+                assert torch.isfinite(b["ref_logps"]).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # Training moves the implicit reward
 

@@ -21,6 +21,7 @@ from picochat.train.dpo import (
     encode_preferences,
     pair_metrics,
     row_logprobs,
+    rows_trained_on,
 )
 from picochat.train.reward import load_preference_splits
 from picochat.train.trainer import Trainer
@@ -55,15 +56,19 @@ def run(cfg, out: Path, show_progress: bool = True) -> dict:
                          "records need a ranking with at least two groups (scalar labels and all-tied "
                          "rankings teach DPO nothing)")
 
-    # The reference log-probs, once: the policy has not moved yet, so it is the reference.
+    # The reference log-probs, once: the policy has not moved yet, so it is the reference. Of the
+    # training rows, only those the batches will draw (they are known in advance, see dpo_batch).
     tcfg = dcfg.train
     precision = resolve_precision(tcfg.precision, device)
     t_ref = time.perf_counter()
-    train.ref_logps = all_row_logprobs(model, train, tokenizer.pad_id, precision)
+    used = rows_trained_on(train, tcfg.batch_size, tcfg.seed, tcfg.max_steps, tcfg.grad_accum_steps,
+                           distributed.world_size())
+    train.ref_logps = all_row_logprobs(model, train, tokenizer.pad_id, precision, rows=used)
     test.ref_logps = all_row_logprobs(model, test, tokenizer.pad_id, precision)
     print(f"[dpo] {len(train.record_ends):,} train / {len(test.record_ends):,} held-out prompts, "
           f"{len(train.pairs):,} / {len(test.pairs):,} pairs, loss={dcfg.loss}, beta={dcfg.beta}; "
-          f"reference log-probs of {len(train.rows) + len(test.rows):,} responses in {time.perf_counter() - t_ref:.1f}s"
+          f"reference log-probs of the {len(used):,} training responses the batches draw and "
+          f"{len(test.rows):,} held-out ones in {time.perf_counter() - t_ref:.1f}s"
           + (f"; {train.n_cut + test.n_cut} responses cut to {seq_len + 1} tokens" if train.n_cut + test.n_cut else ""))
 
     val = test.head(tcfg.eval_batches * tcfg.batch_size)  # prompts scored at each evaluation
