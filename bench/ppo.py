@@ -103,11 +103,18 @@ def trl_trainer(pc: PicochatPPO, work: Path, n_prompts: int):
     return trainer
 
 
+# TRL's PPO is value-model PPO on the whole policy with one answer per prompt; the tiny preset's own
+# PPO (best of 4 on the norm gains, bench/ppo_update.py) has no TRL counterpart. These settings,
+# the other presets' defaults, come first, so that command-line overrides still win.
+TRL_COMPARABLE = ["ppo.advantage=gae", "ppo.samples_per_prompt=1", "ppo.trainable=all", "ppo.rollout_prompts=64",
+                  "ppo.minibatch_size=16", "ppo.train.lr=2e-5"]
+
+
 def run(args) -> dict:
     run_dir = Path(args.run)
     with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
         work = Path(tmp)
-        pc = picochat_trainer(run_dir, work, args.overrides)
+        pc = picochat_trainer(run_dir, work, TRL_COMPARABLE + args.overrides)
         trl = trl_trainer(pc, work, args.trl_prompts)
         device = pc.device
         lengths: dict[str, list[float]] = {"picochat": [], "trl": []}

@@ -5,9 +5,9 @@ them, timed alternately in one process.
 With the tiny preset's default (best of 4 answers per prompt reinforced, RMSNorm gains only) three
 rows of four have advantage 0; the loss, and so the update, is the same either way
 (tests/test_ppo.py checks the weights), only the cost differs. Two trainers start from the same
-models; each iterates on its own, so their rollouts part ways after the first update.
+models and iterate on their own; their updates are equal up to float rounding.
 
-    python -m bench.ppo_update --run runs/tiny --threads 1
+    python -m bench.ppo_update --run runs/tiny --threads 2
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ def build(framework: str, size: Size, precision: str, seed: int = 0, compiled: b
     if framework == "picochat":
         model = gpt
         optimizer = build_optimizer(model, size.train, device)
+
         def loss_fn():
             return lm_loss(model(ids), targets)
         if compiled:  # the whole loss, as the Trainer compiles it in one process

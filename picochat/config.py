@@ -66,8 +66,8 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     precision: str = "auto"  # auto | bf16 | fp32 (auto = bf16 where the hardware runs it fast)
-    # torch.compile the training loss (falls back to eager if compiling fails): 1.58x on the tiny
-    # preset's pretraining step on a 2-core CPU after ~20 s of compiling; pays where shapes are fixed
+    # torch.compile the training loss (picochat/train/compiled.py; eager if compiling fails): pays
+    # where batch shapes are fixed, e.g. pretraining (figures in bench/README.md)
     compile: bool = False
     eval_every: int = 100  # steps between evaluations (0 = only at the end)
     eval_batches: int = 16  # micro-batches per evaluation
@@ -204,7 +204,9 @@ class RMConfig:
     loss: str = "auto"
     head_init_std: float = 1e-3  # the new scalar head starts close to "no opinion"
     normalize: str = "bias_gain"  # fit so SFT samples score mean 0 (bias) and std 1 (gain) | bias | none
-    normalize_on: int = 2000  # prompts whose SFT samples the normalisation is fitted on
+    # prompts whose SFT samples the normalisation is fitted on: 500 x K answers pin a mean and a std
+    # well (the standard error of the mean is ~0.05 std), at a quarter of the scoring 2,000 cost
+    normalize_on: int = 500
     # train.batch_size = prompts per micro-batch; train.eval_batches is not used (every evaluation
     # scores all held-out prompts)
     train: TrainConfig = field(default_factory=_rm_train_defaults)
@@ -303,6 +305,13 @@ class PPOConfig:
     @property
     def iterations(self) -> int:
         return self.train.max_steps
+
+    @property
+    def update_skips_idle_rows(self) -> bool:
+        """Whether a row whose advantage is 0 on every token adds nothing to the update's gradient,
+        so the update may leave it out: no value loss, no KL or entropy term in the loss. Then only
+        the policy-gradient term reads a row, and it is 0 there (advantage=best: 3 of 4 rows at k=4)."""
+        return self.advantage != "gae" and self.kl_penalty == "reward" and not self.entropy_coef
 
     @property
     def precision(self) -> str:

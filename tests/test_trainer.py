@@ -126,6 +126,19 @@ def test_a_compiler_failure_falls_back_to_eager(tmp_path, world_shards, world_to
         assert torch.equal(a, b)
 
 
+def test_an_error_of_the_step_itself_is_not_blamed_on_the_compiler(tmp_path, world_shards, world_tokenizer,
+                                                                   monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: fn)  # compiled = eager: both fail alike
+    cfg = TrainConfig(max_steps=2, batch_size=2, eval_every=0, log_every=1, ckpt_every=0, precision="fp32",
+                      compile=True)
+    trainer = _trainer(tmp_path, world_shards, world_tokenizer, cfg, get_batch=lambda s, m: {"wrong_key": None})
+    messages = []
+    trainer.compute_loss.log = messages.append
+    with pytest.raises(KeyError, match="input_ids"):
+        trainer.fit()
+    assert messages == [] and not trainer.compute_loss.failed
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path, world_shards, world_tokenizer):
     cfg = TrainConfig(max_steps=6, batch_size=2, eval_every=0, log_every=1, ckpt_every=3, precision="fp32")
     _trainer(tmp_path, world_shards, world_tokenizer, cfg).fit()

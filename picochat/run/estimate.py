@@ -41,7 +41,7 @@ LABEL_STEP_SHARE = 0.42
 # pretrain.train.compile: the tiny preset's pretraining step with its loss compiled ran 1.58-1.62x faster
 # than eager at 2 and 1 threads after ~20 s of compiling (bench/README.md); the probe times eager steps.
 COMPILE_SPEEDUP = 1.6
-COMPILE_SECONDS = 30.0
+COMPILE_SECONDS = 45.0  # twice: the thread watch's first 1-thread probe compiles again (contention.py)
 
 
 @dataclass
@@ -171,6 +171,9 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         answers = p.rollout_prompts * p.samples_per_prompt
         rows = answers * (chat_tokens / 2 + p.max_new_tokens)  # a prompt, padded to the longest answer
         trained = 2 if p.advantage == "gae" else 1  # policy (+ value)
+        # advantage=best leaves out the rows it does not reinforce (PPOTrainer.skip_idle_rows)
+        if p.advantage == "best" and p.update_skips_idle_rows:
+            trained /= p.samples_per_prompt
         read = 2 + (p.advantage == "gae") + (p.reward == "rm")  # policy, reference (+ value) (+ reward model)
         per_iteration = Work(train_tokens=trained * p.epochs * rows, forward_tokens=read * rows,
                              sample_steps=p.max_new_tokens * max(1.0, answers / SAMPLE_ROWS))
@@ -184,6 +187,7 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         d = cfg.dpo
         t = d.train
         pair_tokens = t.max_steps * t.batch_size * t.grad_accum_steps * 2 * chat_tokens
+        # the reference pass scores the rows the batches draw (at most pair_tokens' worth)
         gold = 0.0 if d.sources else _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, 2)
         evals = gold + _gold_eval_steps(d.eval_prompts, d.kl_samples - 1, d.eval_max_new_tokens, 1)  # + KL samples
         return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)

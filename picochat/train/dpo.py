@@ -188,7 +188,11 @@ def dpo_batch(data: PairData, batch_size: int, pad_id: int, seed: int, step: int
     idx = np.concatenate([pairs[:, 0], pairs[:, 1]])  # (2B,)
     ids = right_pad([data.rows[i] for i in idx], pad_id)  # (2B, T)
     mask = right_pad([data.masks[i] for i in idx], False, np.bool_)  # (2B, T)
-    return {"input_ids": ids, "loss_mask": mask, "ref_logps": torch.from_numpy(data.ref_logps[idx])}
+    ref = data.ref_logps[idx]
+    if np.isnan(ref).any():  # a row rows_trained_on did not list: the two must draw alike
+        raise RuntimeError(f"DPO batch of step {step} reads a reference log-prob that was not computed: "
+                           "rows_trained_on and dpo_batch disagree on the rows drawn")
+    return {"input_ids": ids, "loss_mask": mask, "ref_logps": torch.from_numpy(ref)}
 
 
 def dpo_batch_loss(model: torch.nn.Module, batch: dict, beta: float, label_smoothing: float = 0.0,

@@ -127,11 +127,7 @@ class PPOTrainer:
             torch.set_num_threads(tcfg.threads)
         self.optimizer = build_optimizer(torch.nn.ModuleList(self.trained_models()), tcfg, self.device)
         self.kl_ctl = kl_controller(self.pcfg)
-        # With no value loss, no KL or entropy term in the loss, a row whose advantage is 0 on every
-        # token adds exactly nothing to the gradient: the update leaves such rows out (advantage=best
-        # reinforces one answer of each group, so 3 of 4 rows at k=4) and keeps the loss's divisor.
-        self.skip_idle_rows = (self.value is None and self.pcfg.kl_penalty == "reward"
-                               and not self.pcfg.entropy_coef)
+        self.skip_idle_rows = self.pcfg.update_skips_idle_rows  # see _minibatch_loss
         prompt_sets = load_ppo_prompts(self.pcfg, self.out, self.tokenizer, self.policy.cfg.max_seq_len)
         self.prompts, self.eval_prompts = prompt_sets.train, prompt_sets.held_out  # held_out: from files only
         self.n_prompts_too_long = prompt_sets.n_too_long
@@ -256,6 +252,7 @@ class PPOTrainer:
         t1 = time.perf_counter()
 
         stats: dict[str, list[float]] = {}
+        self.update_tokens = 0.0  # tokens the update's forwards went through (_minibatch_loss adds them up)
         B = ro.input_ids.shape[0]
         mb = pcfg.minibatch_size
         micro = max(1, mb // pcfg.train.grad_accum_steps)
@@ -306,8 +303,8 @@ class PPOTrainer:
             **self._value_stats(old_values, returns, mask),
             **{k: statistics.fmean(v) for k, v in stats.items()},
             "rollout_tokens_per_s": float(mask.sum()) / max(1e-9, t_rollout),
-            "train_tokens_per_s": pcfg.epochs * float(ro.attention_mask.sum()) / max(1e-9, t2 - t1),
-            "train_tokens": pcfg.epochs * float(ro.attention_mask.sum()),  # rows the updates went through
+            "train_tokens_per_s": self.update_tokens / max(1e-9, t2 - t1),
+            "train_tokens": self.update_tokens,  # what the update's forwards and backwards went through
             "seconds": t2 - t0,
         }
         if self.gold is not None:
@@ -361,7 +358,7 @@ class PPOTrainer:
     def _minibatch_loss(self, ro, r, old_logprobs, ref_logprobs, old_values, advantages, returns, mask):
         # Rows with no advantage anywhere change nothing (see skip_idle_rows): the loss is computed
         # on the others and scaled by their share of the valid tokens, the same mean over all rows.
-        # The statistics (approx_kl, clipfrac, entropy) are then those of the reinforced rows.
+        # The statistics (approx_kl, clipfrac, ratio_*, entropy) are then those of the reinforced rows.
         share = 1.0
         if self.skip_idle_rows:
             active = r[(advantages[r] != 0).any(1)]
@@ -378,6 +375,7 @@ class PPOTrainer:
         ids = ro.input_ids.to(self.device)[r][:, P - prompt_len : P + R]
         attn = attn[:, P - prompt_len : P + R]
         m = mask[r][:, :R]
+        self.update_tokens += float(attn.sum())
         with autocast(self.precision, self.device):
             logprobs, logits = response_logprobs(self.policy_ddp, ids, attn, prompt_len, self.pcfg.temperature)
             values = None if self.value is None else response_logits(self.value_ddp, ids, attn, prompt_len).float()

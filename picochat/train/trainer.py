@@ -188,7 +188,8 @@ class Trainer:
             return loss_of
         if self.world_size > 1:
             compiled_model = torch.compile(self.wrapped)
-            return CompiledCall(loss_of, lambda batch: self.loss_fn(compiled_model, batch), label=stage)
+            return CompiledCall(loss_of, lambda batch: self.loss_fn(compiled_model, batch), label=stage,
+                                log=tqdm.write if self.is_main else lambda message: None)
         return CompiledCall(loss_of, torch.compile(loss_of), label=stage)
 
     # -- checkpoints -------------------------------------------------------------------------
