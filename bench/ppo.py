@@ -164,17 +164,24 @@ def record_response_lengths(policy, pad_id: int) -> None:
     policy.generate = generate_and_record
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_iteration_args(p: argparse.ArgumentParser, argv: list[str] | None, overrides_help: str):
+    """The arguments every PPO-iteration benchmark takes (a run directory, warm-up, windows,
+    threads, config overrides), parsed, with torch's thread count set."""
     p.add_argument("--run", default="runs/tiny", help="a finished `picochat run` directory (sft, rm, world)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--windows", type=int, default=5)
-    p.add_argument("--trl-prompts", type=int, default=512, help="prompts in TRL's dataset (it samples batches from it)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("overrides", nargs="*", help="config overrides for both, e.g. ppo.rollout_prompts=32")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trl-prompts", type=int, default=512, help="prompts in TRL's dataset (it samples batches from it)")
+    args = parse_iteration_args(p, argv, "config overrides for both, e.g. ppo.rollout_prompts=32")
     result = run(args)
     print()
     print(format_table(result["results"], [("framework", "framework"), ("seconds_per_iteration", "s/iteration"),

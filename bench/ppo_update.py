@@ -17,11 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from bench.interleave import interleaved_times, paired_speedup
 from bench.machine import machine_info, median
-from bench.ppo import picochat_trainer
+from bench.ppo import parse_iteration_args, picochat_trainer
 from bench.report import emit_json, format_table
 
 
@@ -65,14 +63,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default="runs/tiny", help="a finished `picochat run` directory (sft, rm, world)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--windows", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. ppo.rollout_prompts=64")
-    args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_iteration_args(p, argv, "config overrides, e.g. ppo.rollout_prompts=64")
     result = run(args)
     print()
     print(format_table(result["results"], [("update", "update"), ("seconds_per_iteration", "s/iteration"),
