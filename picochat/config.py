@@ -288,7 +288,12 @@ class PPOConfig:
     clip_range: float = 0.2
     vf_clip_range: float = 0.2
     vf_coef: float = 0.1
+    # β_H of an entropy term in the loss: > 0 a bonus (keeps exploring), < 0 a penalty (sharpens)
     entropy_coef: float = 0.0
+    # The answers whose token entropies the term reads: all (every rollout) | reinforced (only
+    # those with a non-zero advantage, e.g. each group's best under advantage=best: it sharpens the
+    # policy along the answers it learns from, and the update still skips the others)
+    entropy_rows: str = "all"
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss on <out>/pretrain/data (0 = off)
     ptx_batch_size: int = 8  # ptx_coef > 0 only
     ptx_data: str = ""  # token shards for PPO-ptx (a `picochat pretrain` data dir); empty = <out>/pretrain/data
@@ -309,9 +314,11 @@ class PPOConfig:
     @property
     def update_skips_idle_rows(self) -> bool:
         """Whether a row whose advantage is 0 on every token adds nothing to the update's gradient,
-        so the update may leave it out: no value loss, no KL or entropy term in the loss. Then only
-        the policy-gradient term reads a row, and it is 0 there (advantage=best: 3 of 4 rows at k=4)."""
-        return self.advantage != "gae" and self.kl_penalty == "reward" and not self.entropy_coef
+        so the update may leave it out: no value loss, no KL term in the loss, and no entropy term
+        unless it reads only the reinforced rows. Then only the policy-gradient term reads a row, and
+        it is 0 there (advantage=best: 3 of 4 rows at k=4)."""
+        return (self.advantage != "gae" and self.kl_penalty == "reward"
+                and (not self.entropy_coef or self.entropy_rows == "reinforced"))
 
     @property
     def precision(self) -> str:
@@ -337,6 +344,11 @@ class PPOConfig:
                               f"ppo.samples_per_prompt to 2 or more (e.g. 4), got {self.samples_per_prompt}")
         if self.trainable not in PPO_TRAINABLE:
             raise ConfigError(f"ppo.trainable must be one of {', '.join(PPO_TRAINABLE)}, got {self.trainable!r}")
+        if self.entropy_rows not in ("all", "reinforced"):
+            raise ConfigError(f"ppo.entropy_rows must be all or reinforced, got {self.entropy_rows!r}")
+        if self.entropy_rows == "reinforced" and self.advantage == "gae":
+            raise ConfigError("ppo.entropy_rows=reinforced needs a group advantage (rloo, grpo or best): "
+                              "with gae every answer is reinforced")
         if self.kl_penalty not in ("reward", "loss"):
             raise ConfigError(f"ppo.kl_penalty must be reward or loss, got {self.kl_penalty!r}")
         if self.samples_per_prompt < 1:

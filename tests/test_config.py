@@ -51,6 +51,8 @@ def test_frozen_world_section_can_be_overridden():
         ({"pretrain.train.precision": "fp16"}, "train.precision must be"),
         ({"model.n_heads": 5}, "model:"),
         ({"world.colour": "red"}, "unknown config key"),
+        ({"ppo.entropy_rows": "some"}, "ppo.entropy_rows must be all or reinforced"),
+        ({"ppo.advantage": "gae", "ppo.entropy_rows": "reinforced"}, "needs a group advantage"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -142,3 +144,13 @@ def test_sample_config_converts_its_off_values_to_the_samplers():
     assert (s.top_k, s.top_p, s.seed, s.stop_ids) == (None, None, 3, (7,))
     s = SampleConfig(top_k=20, top_p=0.9).sampling()
     assert (s.top_k, s.top_p) == (20, 0.9)
+
+
+def test_an_entropy_term_on_every_row_makes_ppo_forward_the_idle_rows_too():
+    def skips(**ppo):
+        return build_config("tiny", overrides={f"ppo.{k}": v for k, v in ppo.items()}).ppo.update_skips_idle_rows
+
+    assert skips(advantage="best", entropy_coef=0.0)
+    assert skips(advantage="best", entropy_coef=-0.05, entropy_rows="reinforced")
+    assert not skips(advantage="best", entropy_coef=-0.05, entropy_rows="all")
+    assert not skips(advantage="gae", samples_per_prompt=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import TINY
 
@@ -123,18 +124,22 @@ def test_norms_only_rl_changes_only_the_norm_gains_and_still_learns(run_dir, tmp
         assert torch.equal(value, trainer.policy.state_dict()[name]), name
 
 
-def test_rows_without_advantage_are_left_out_of_the_update_with_the_same_result(run_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("entropy", [{}, {"entropy_coef": -0.05, "entropy_rows": "reinforced"}],
+                         ids=["no-entropy-term", "entropy-of-reinforced-rows"])
+def test_rows_without_advantage_are_left_out_of_the_update_with_the_same_result(run_dir, tmp_path, monkeypatch,
+                                                                                entropy):
     """advantage=best gives 3 of every 4 rows advantage 0: the update skips them (fewer rows
-    through the policy) and ends with the weights of the update that computes them."""
+    through the policy) and ends with the weights of the update that computes them, also with an
+    entropy term that reads only the reinforced rows."""
     import picochat.train.ppo as ppo_module
 
     cfg = _setup(run_dir, tmp_path, iterations=2, epochs=2, advantage="best", samples_per_prompt=4,
-                 rollout_prompts=4, minibatch_size=8)
+                 rollout_prompts=4, minibatch_size=8, **entropy)
     rows_forwarded, weights = {}, {}
     real = ppo_module.response_logprobs
     for skip in (True, False):
         trainer = PPOTrainer(cfg, tmp_path / f"out_{skip}", show_progress=False)
-        assert trainer.skip_idle_rows  # best, no value model, KL in the reward, no entropy bonus
+        assert trainer.skip_idle_rows  # best, no value model, KL in the reward, no entropy term on idle rows
         trainer.skip_idle_rows = skip
         seen = []
 

@@ -393,7 +393,11 @@ class PPOTrainer:
             stats["kl_loss"] = kl_loss.item()
         ent = entropy_from_logits(logits.detach(), m)
         if self.pcfg.entropy_coef:
-            loss = loss - self.pcfg.entropy_coef * entropy_from_logits(logits, m)
+            # a mean over the tokens of the rows it reads (not scaled by their share, unlike the
+            # policy-gradient term: its strength does not depend on how many rows were reinforced)
+            ent_mask = m if self.pcfg.entropy_rows == "all" else m * (advantages[r][:, :R] != 0).any(1, keepdim=True)
+            if ent_mask.any():  # a minibatch may hold no reinforced row
+                loss = loss - self.pcfg.entropy_coef * entropy_from_logits(logits, ent_mask)
         stats["entropy"] = float(ent)
         return loss, {k: float(v) for k, v in stats.items()}
 
