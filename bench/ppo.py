@@ -107,7 +107,7 @@ def trl_trainer(pc: PicochatPPO, work: Path, n_prompts: int):
 # PPO (best of 4 on the norm gains, bench/ppo_update.py) has no TRL counterpart. These settings,
 # the other presets' defaults, come first, so that command-line overrides still win.
 TRL_COMPARABLE = ["ppo.advantage=gae", "ppo.samples_per_prompt=1", "ppo.trainable=all", "ppo.rollout_prompts=64",
-                  "ppo.minibatch_size=16", "ppo.train.lr=2e-5"]
+                  "ppo.minibatch_size=16", "ppo.train.lr=2e-5", "ppo.entropy_coef=0", "ppo.entropy_rows=all"]
 
 
 def run(args) -> dict:

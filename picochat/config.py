@@ -291,8 +291,9 @@ class PPOConfig:
     # β_H of an entropy term in the loss: > 0 a bonus (keeps exploring), < 0 a penalty (sharpens)
     entropy_coef: float = 0.0
     # The answers whose token entropies the term reads: all (every rollout) | reinforced (only
-    # those with a non-zero advantage, e.g. each group's best under advantage=best: it sharpens the
-    # policy along the answers it learns from, and the update still skips the others)
+    # those with a non-zero advantage: each group's best under advantage=best, where it sharpens the
+    # policy along the answers it learns from and the update still skips the others; with gae,
+    # rloo or grpo nearly every answer)
     entropy_rows: str = "all"
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining loss on <out>/pretrain/data (0 = off)
     ptx_batch_size: int = 8  # ptx_coef > 0 only
@@ -346,9 +347,6 @@ class PPOConfig:
             raise ConfigError(f"ppo.trainable must be one of {', '.join(PPO_TRAINABLE)}, got {self.trainable!r}")
         if self.entropy_rows not in ("all", "reinforced"):
             raise ConfigError(f"ppo.entropy_rows must be all or reinforced, got {self.entropy_rows!r}")
-        if self.entropy_rows == "reinforced" and self.advantage == "gae":
-            raise ConfigError("ppo.entropy_rows=reinforced needs a group advantage (rloo, grpo or best): "
-                              "with gae every answer is reinforced")
         if self.kl_penalty not in ("reward", "loss"):
             raise ConfigError(f"ppo.kl_penalty must be reward or loss, got {self.kl_penalty!r}")
         if self.samples_per_prompt < 1:

@@ -103,7 +103,8 @@ def ppo_scenario(out: Path, run_dir: Path) -> None:
     cfg = build_config(preset=None, base_file=run_dir / "config.yaml", overrides={
         "ppo.rollout_prompts": 4, "ppo.minibatch_size": 2, "ppo.epochs": 1, "ppo.max_new_tokens": 8,
         "ppo.train.grad_accum_steps": 2, "ppo.train.precision": "fp32", "ppo.train.max_steps": 1,
-        "ppo.eval_prompts": 0, "ppo.advantage": "gae", "ppo.samples_per_prompt": 1, "ppo.trainable": "all"})
+        "ppo.eval_prompts": 0, "ppo.advantage": "gae", "ppo.samples_per_prompt": 1, "ppo.trainable": "all",
+        "ppo.entropy_coef": 0.0, "ppo.entropy_rows": "all"})
     trainer = PPOTrainer(cfg, run_dir, show_progress=False)
     record = trainer.iterate()
     rows = torch.arange(16, dtype=torch.float32).reshape(4, 4) ** 1.5

@@ -27,9 +27,10 @@ def _setup(run_dir, tmp_path, iterations: int, epochs: int = 2, **extra):
         "ppo.rollout_prompts": 8, "ppo.minibatch_size": 4, "ppo.epochs": epochs, "ppo.max_new_tokens": 8,
         "ppo.kl_coef": 0.0, "ppo.train.lr": 3e-3, "ppo.train.lr_warmup_steps": 1, "ppo.train.max_steps": iterations,
         "ppo.train.ckpt_every": 1, "ppo.train.precision": "fp32", "ppo.eval_prompts": 0,
-        # PPO with a value model on every parameter, unless a test asks otherwise (tiny.yaml's default
-        # is best-of-4 on the norm gains)
+        # PPO with a value model on every parameter and no entropy term, unless a test asks otherwise
+        # (tiny.yaml's default is best-of-4 on the norm gains with an entropy penalty)
         "ppo.advantage": "gae", "ppo.samples_per_prompt": 1, "ppo.trainable": "all",
+        "ppo.entropy_coef": 0.0, "ppo.entropy_rows": "all",
         **{f"ppo.{k}": v for k, v in extra.items()},
     }
     base = parse_overrides(TINY)

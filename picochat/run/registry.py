@@ -53,7 +53,7 @@ assert tuple(STAGES) == STAGE_NAMES, "layout.STAGE_NAMES and the registry list t
 # reused, not redone; any other value changes the fingerprint as every setting does.
 ADDED_SETTINGS = {
     "ppo": {"reward": "rm", "samples_per_prompt": 1, "advantage": "gae", "kl_penalty": "reward",
-            "whiten_advantages": True, "trainable": "all"},
+            "whiten_advantages": True, "trainable": "all", "entropy_rows": "all"},
 }
 
 
