@@ -174,6 +174,9 @@ def _rm_train_defaults() -> TrainConfig:
                        eval_batches=1, log_every=25, ckpt_every=100)
 
 
+LABEL_TASK_MIXES = ("natural", "even")  # how the label stage draws the world's train prompts
+
+
 @dataclass
 class LabelConfig:
     # K=8: the simulated labeler's ranking then agrees with the gold order on 0.81 of pairs, at K=4
@@ -190,6 +193,14 @@ class LabelConfig:
     tie_margin: float = 0.0  # gold scores within this margin are "can't tell" (a tie in the ranking)
     seed: int = 0
     batch_prompts: int = 16  # prompts sampled together (x k rows per forward)
+    # The built-in world's train prompts to label: natural (the world's mix: 43% facts, 20% arithmetic,
+    # 5% each benign and harmful requests) | even (the task types in turn, so the reward model sees
+    # as many rankings of the rare types, where it is weakest, as of the common ones)
+    task_mix: str = "natural"
+
+    def validate(self) -> None:
+        if self.task_mix not in LABEL_TASK_MIXES:
+            raise ConfigError(f"label.task_mix must be one of {', '.join(LABEL_TASK_MIXES)}, got {self.task_mix!r}")
 
 
 @dataclass
@@ -701,6 +712,7 @@ def build_config(
         _apply(cfg, _dotted_to_nested(overrides))
     cfg.pretrain.train.validate()
     cfg.sft.train.validate()
+    cfg.label.validate()
     cfg.rm.validate()
     cfg.ppo.validate()
     cfg.dpo.validate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 from itertools import combinations
@@ -112,6 +113,25 @@ def test_world_label_prompts_are_unique_deterministic_and_nested(setup):
     assert all(info["task"] and info["lang"] in ("en", "zh") for _, info in a)
     test = world_label_prompts(world_dir, "test", 0, seed=0)
     assert 0 < len(test) <= 40 and not {prompt_key(m) for m, _ in test} & {prompt_key(m) for m, _ in a}
+
+
+def test_an_even_task_mix_takes_the_task_types_in_turn(setup):
+    world_dir = setup[0]
+    natural = world_label_prompts(world_dir, "train", 0, seed=0)
+    counts = collections.Counter(info["task"] for _, info in natural)
+    rarest = min(counts.values())
+    assert max(counts.values()) > 2 * rarest  # the world's mix is uneven
+    n = len(counts) * rarest
+    even = world_label_prompts(world_dir, "train", n, seed=0, task_mix="even")
+    assert collections.Counter(info["task"] for _, info in even) == {task: rarest for task in counts}
+    assert world_label_prompts(world_dir, "train", n + 7, seed=0, task_mix="even")[:n] == even  # nested
+    # every prompt once, each type's prompts in the natural order's order
+    every = world_label_prompts(world_dir, "train", 0, seed=0, task_mix="even")
+    assert sorted(map(repr, every)) == sorted(map(repr, natural))
+    for task in counts:
+        assert [m for m, i in every if i["task"] == task] == [m for m, i in natural if i["task"] == task]
+    with pytest.raises(ValueError, match="task_mix must be one of natural, even"):
+        world_label_prompts(world_dir, "train", 5, seed=0, task_mix="balanced")
 
 
 def test_label_prompts_writes_k_wise_records(setup, tmp_path):

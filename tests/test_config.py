@@ -52,6 +52,7 @@ def test_frozen_world_section_can_be_overridden():
         ({"model.n_heads": 5}, "model:"),
         ({"world.colour": "red"}, "unknown config key"),
         ({"ppo.entropy_rows": "some"}, "ppo.entropy_rows must be all or reinforced"),
+        ({"label.task_mix": "balanced"}, "label.task_mix must be one of natural, even"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from picochat.config import LabelConfig
+from picochat.config import LABEL_TASK_MIXES, LabelConfig
 from picochat.core.chat import render_prompt
 from picochat.core.generate import SamplingConfig
 from picochat.data.preferences import (
@@ -230,12 +230,17 @@ def summarize_labels(records: list[PreferenceRecord]) -> dict:
     }
 
 
-def world_label_prompts(world_dir, split: str, n: int, seed: int) -> list[tuple[list[dict], dict]]:
+def world_label_prompts(world_dir, split: str, n: int, seed: int,
+                        task_mix: str = "natural") -> list[tuple[list[dict], dict]]:
     """Prompts to label from world_dir/chat_train.jsonl (split="train") or chat_test.jsonl ("test"):
     de-duplicated by prompt, shuffled with `seed`, the first `n` (all when n <= 0 or n is larger).
+    task_mix="even" takes the task types in turn (one prompt of each, then a second of each, …,
+    a type that runs out drops out), so rare types get as many labels as common ones.
     The same arguments give the same list, and a larger n extends a smaller one."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if task_mix not in LABEL_TASK_MIXES:
+        raise ValueError(f"task_mix must be one of {', '.join(LABEL_TASK_MIXES)}, got {task_mix!r}")
     path = Path(world_dir) / f"chat_{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: write the world's chat tasks first (write_chat_tasks)")
@@ -249,4 +254,16 @@ def world_label_prompts(world_dir, split: str, n: int, seed: int) -> list[tuple[
         seen.add(key)
         out.append((messages, {"task": e.task, "lang": e.lang}))
     random.Random(f"label-prompts:{split}:{seed}").shuffle(out)
+    if task_mix == "even":
+        out = _task_types_in_turn(out)
     return out[:n] if n > 0 else out
+
+
+def _task_types_in_turn(prompts: list[tuple[list[dict], dict]]) -> list[tuple[list[dict], dict]]:
+    """The same prompts reordered round-robin over their task types (types in sorted order, each
+    type's prompts in their given order)."""
+    by_task: dict[str, list] = {}
+    for item in prompts:
+        by_task.setdefault(str(item[1].get("task")), []).append(item)
+    queues = [by_task[t] for t in sorted(by_task)]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]

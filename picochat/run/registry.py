@@ -54,6 +54,7 @@ assert tuple(STAGES) == STAGE_NAMES, "layout.STAGE_NAMES and the registry list t
 ADDED_SETTINGS = {
     "ppo": {"reward": "rm", "samples_per_prompt": 1, "advantage": "gae", "kl_penalty": "reward",
             "whiten_advantages": True, "trainable": "all", "entropy_rows": "all"},
+    "label": {"task_mix": "natural"},
 }
 
 

@@ -24,7 +24,9 @@ def run(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     summaries = {}
     splits = (("train", lcfg.n_prompts, "preferences.jsonl"), ("test", lcfg.n_test_prompts, "preferences_test.jsonl"))
     for split, n, name in splits:
-        prompts = world_label_prompts(out / "world", split, n, lcfg.seed)
+        # the test split keeps the world's mix: it measures the reward model on the prompts it will meet
+        prompts = world_label_prompts(out / "world", split, n, lcfg.seed,
+                                      task_mix=lcfg.task_mix if split == "train" else "natural")
         print(f"[label] ranking {lcfg.k} SFT answers to each of {len(prompts)} {split} prompts (built-in labeler, "
               f"flip_prob={lcfg.flip_prob})")
         summaries[split] = label_prompts(model, tokenizer, scorer, prompts, out / "label" / name, lcfg, precision,
