@@ -54,7 +54,7 @@ def test_run_writes_the_report_its_plots_and_its_comparison(run_dir):
     assert len(best) == n and all(len(p["gold"]) == len(p["rm"]) == 16 for p in best)
     assert "the reward model's best-of-16 reached" in report and "PPO gained" in report
     sharpened = comparison["sharpened"]  # the SFT model at lower temperatures, the line RL has to beat
-    assert [s["temperature"] for s in sharpened] == [0.7, 0.5] and all(len(s["gold"]) == n for s in sharpened)
+    assert [s["temperature"] for s in sharpened] == [0.7, 0.5, 0.4] and all(len(s["gold"]) == n for s in sharpened)
     assert "| SFT at T=0.7 (no training) |" in report and "With no training at all, sampling the SFT model" in report
     summary = json.loads((run_dir / "report" / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_prompts"] == n and len(summary["plots"]) == len(PLOTS)

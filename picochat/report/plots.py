@@ -124,8 +124,9 @@ def plot_best_of_n(run: RunFiles, comparison: dict, path: Path) -> bool:
                     fmt=marker, color="black", markersize=5, capsize=3, label=point["name"])
     sharpening = sharpening_points(per_prompt, comparison.get("sharpened"))
     if sharpening:
+        temperatures = ", ".join(["1", *(f"{p['temperature']:g}" for p in sharpening)])
         ax.plot([0.0, *[p["kl"] for p in sharpening]], [0.0, *[p["gain"]["mean"] for p in sharpening]],
-                linestyle="--", marker="x", color="tab:gray", label="SFT at T = 1, 0.7, 0.5 (no training)")
+                linestyle="--", marker="x", color="tab:gray", label=f"SFT at T = {temperatures} (no training)")
     ax.set_xlabel("KL from the SFT model (nats)")
     ax.set_ylabel("gold gain over a random SFT answer")
     ax.axhline(0, color="black", linewidth=0.5)
