@@ -180,7 +180,8 @@ def _answer_room(cfg, model, tokenizer, messages) -> int:
 
 
 def _sharpened_sft(cfg, model, tokenizer, prompts, gold, precision) -> list[dict]:
-    """The SFT model at T=0.7 and 0.5 on the best-of-n prompts, 4 answers each: gold and KL."""
+    """The SFT model at each of SHARPENING_TEMPERATURES on the best-of-n prompts, 4 answers each:
+    gold and KL."""
     messages = [p.messages for p in prompts]
     return sharpened_gold(model, tokenizer, messages, gold, precision=precision, n_samples=4,
                           max_new_tokens=_answer_room(cfg, model, tokenizer, messages), seed=cfg.report.seed + 2)

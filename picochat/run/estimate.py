@@ -29,6 +29,7 @@ from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT, lm_loss
 from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.core.tokenizer import Tokenizer
+from picochat.eval.sharpened import SHARPENING_TEMPERATURES
 from picochat.layout import tokenizer_file
 from picochat.world import read_chat_examples
 
@@ -193,9 +194,14 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)
     if name == "report":
         r = cfg.report
-        compare = Work(sample_steps=_gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4))
+        compare = _gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4)
+        # the SFT model's best-of-n samples, and its answers at each lower temperature with their KL
+        n_best = min(r.best_of_n_prompts, r.eval_prompts)
+        best_of_n = math.ceil(n_best * r.best_of_n / SAMPLE_ROWS) * r.max_new_tokens if n_best else 0.0
+        sharpened = 2 * len(SHARPENING_TEMPERATURES) * math.ceil(n_best * 4 / SAMPLE_ROWS) * r.max_new_tokens
         card = _benchmark_card_work(cfg)
-        return Work(forward_tokens=card.forward_tokens, sample_steps=compare.sample_steps + card.sample_steps)
+        return Work(forward_tokens=card.forward_tokens,
+                    sample_steps=compare + best_of_n + sharpened + card.sample_steps)
     return None
 
 
