@@ -193,7 +193,7 @@ class LabelConfig:
     tie_margin: float = 0.0  # gold scores within this margin are "can't tell" (a tie in the ranking)
     seed: int = 0
     batch_prompts: int = 16  # prompts sampled together (x k rows per forward)
-    # The built-in world's train prompts to label: natural (the world's mix: 43% facts, 20% arithmetic,
+    # The built-in world's train prompts to label: natural (the world's mix: 45% facts, 20% arithmetic,
     # 5% each benign and harmful requests) | even (the task types in turn, so the reward model sees
     # as many rankings of the rare types, where it is weakest, as of the common ones)
     task_mix: str = "natural"
