@@ -27,8 +27,9 @@ def run(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
         # the test split keeps the world's mix: it measures the reward model on the prompts it will meet
         prompts = world_label_prompts(out / "world", split, n, lcfg.seed,
                                       task_mix=lcfg.task_mix if split == "train" else "natural")
-        print(f"[label] ranking {lcfg.k} SFT answers to each of {len(prompts)} {split} prompts (built-in labeler, "
-              f"flip_prob={lcfg.flip_prob})")
+        mix = " (the task types in turn)" if split == "train" and lcfg.task_mix == "even" else ""
+        print(f"[label] ranking {lcfg.k} SFT answers to each of {len(prompts)} {split} prompts{mix} (built-in "
+              f"labeler, flip_prob={lcfg.flip_prob})")
         summaries[split] = label_prompts(model, tokenizer, scorer, prompts, out / "label" / name, lcfg, precision,
                                          show_progress=show_progress)
     wall = time.perf_counter() - t0
