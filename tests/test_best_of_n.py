@@ -78,6 +78,11 @@ def test_sharpening_points_and_their_reading():
     assert sharpening_gain_at_kl(points, 0.25) == pytest.approx(0.05)  # half way to the first point
     assert sharpening_gain_at_kl(points, 1.0) == pytest.approx(0.15)
     assert sharpening_gain_at_kl(points, 2.0) is None and sharpening_points(per_prompt, None) == []
+    # just past the lowest temperature's KL, within that KL's standard error: read as equal to it
+    sharpened[1]["kl_stderr"] = 0.2
+    points = sharpening_points(per_prompt, sharpened)
+    assert sharpening_gain_at_kl(points, 1.6) == pytest.approx(0.2)
+    assert sharpening_gain_at_kl(points, 1.8) is None
     curves = best_of_n_curves(per_prompt)
     ppo = {"name": "PPO", "kl": 0.5, "gain": {"mean": 0.05, "ci95": [0, 0.1]}}
     text = reading(curves, [ppo], points)

@@ -85,11 +85,15 @@ def sharpening_points(per_prompt: list[dict], sharpened: list[dict] | None) -> l
     N = min(len(p["gold"]) for p in per_prompt)
     base = [statistics.fmean(p["gold"][:N]) for p in per_prompt]
     return [{"name": f"SFT at T={s['temperature']} (no training)", "temperature": s["temperature"], "kl": s["kl"],
-             "gain": paired_difference(s["gold"], base)} for s in sharpened]
+             "kl_stderr": s.get("kl_stderr", 0.0), "gain": paired_difference(s["gold"], base)} for s in sharpened]
 
 
 def sharpening_gain_at_kl(points: list[dict], kl: float) -> float | None:
-    """What lowering the temperature gains at this KL: linear from (0, 0) through the points."""
+    """What lowering the temperature gains at this KL: linear from (0, 0) through the points. A KL
+    past the lowest temperature's by less than that KL's standard error reads that point: the two
+    are equal as far as the measurement can tell (None further out)."""
+    if points and points[-1]["kl"] < kl <= points[-1]["kl"] + points[-1].get("kl_stderr", 0.0):
+        return points[-1]["gain"]["mean"]
     return interpolate([0.0, *[p["kl"] for p in points]], [0.0, *[p["gain"]["mean"] for p in points]], kl)
 
 
