@@ -25,9 +25,9 @@ def run(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
     splits = (("train", lcfg.n_prompts, "preferences.jsonl"), ("test", lcfg.n_test_prompts, "preferences_test.jsonl"))
     for split, n, name in splits:
         # the test split keeps the world's mix: it measures the reward model on the prompts it will meet
-        prompts = world_label_prompts(out / "world", split, n, lcfg.seed,
-                                      task_mix=lcfg.task_mix if split == "train" else "natural")
-        mix = " (the task types in turn)" if split == "train" and lcfg.task_mix == "even" else ""
+        task_mix = lcfg.task_mix if split == "train" else "natural"
+        prompts = world_label_prompts(out / "world", split, n, lcfg.seed, task_mix=task_mix)
+        mix = " (the task types in turn)" if task_mix == "even" else ""
         print(f"[label] ranking {lcfg.k} SFT answers to each of {len(prompts)} {split} prompts{mix} (built-in "
               f"labeler, flip_prob={lcfg.flip_prob})")
         summaries[split] = label_prompts(model, tokenizer, scorer, prompts, out / "label" / name, lcfg, precision,

@@ -360,11 +360,10 @@ class PPOTrainer:
         # on the others and scaled by their share of the valid tokens, the same mean over all rows.
         # The statistics (approx_kl, clipfrac, ratio_*, entropy) are then those of the reinforced rows.
         share = 1.0
-        if self.skip_idle_rows:
-            active = r[(advantages[r] != 0).any(1)]
-            if 0 < len(active) < len(r):
-                share = float(mask[active].sum() / mask[r].sum())
-                r = active
+        reinforced = (advantages[r] != 0).any(1)  # (rows,): the rows with an advantage somewhere
+        if self.skip_idle_rows and 0 < int(reinforced.sum()) < len(r):
+            share = float(mask[r[reinforced]].sum() / mask[r].sum())
+            r, reinforced = r[reinforced], reinforced[reinforced]
         # Only the columns these rows use: from their longest prompt's first token to their longest
         # response's last. The rollout is padded to the longest of all rows; a minibatch of a few
         # of them needs less (often half), and the padding columns change nothing but the cost.
@@ -395,7 +394,7 @@ class PPOTrainer:
         if self.pcfg.entropy_coef:
             # a mean over the tokens of the rows it reads (not scaled by their share, unlike the
             # policy-gradient term: its strength does not depend on how many rows were reinforced)
-            ent_mask = m if self.pcfg.entropy_rows == "all" else m * (advantages[r][:, :R] != 0).any(1, keepdim=True)
+            ent_mask = m if self.pcfg.entropy_rows == "all" else m * reinforced[:, None]
             if ent_mask.any():  # a minibatch may hold no reinforced row
                 loss = loss - self.pcfg.entropy_coef * entropy_from_logits(logits, ent_mask)
         stats["entropy"] = float(ent)
