@@ -203,6 +203,9 @@ class LabelConfig:
             raise ConfigError(f"label.task_mix must be one of {', '.join(LABEL_TASK_MIXES)}, got {self.task_mix!r}")
 
 
+RM_ENSEMBLE_COMBINES = ("mean_minus_std", "mean", "min")  # picochat.reward_model.combine_member_scores
+
+
 @dataclass
 class RMConfig:
     sources: list[str] = field(default_factory=list)  # preference JSONL files/dirs; empty = <out>/label/
@@ -218,13 +221,23 @@ class RMConfig:
     # prompts whose SFT samples the normalisation is fitted on: 500 x K answers pin a mean and a std
     # well (the standard error of the mean is ~0.05 std), at a quarter of the scoring 2,000 cost
     normalize_on: int = 500
+    # Reward-model ensemble (Coste et al. 2024): members trained from seeds train.seed, +1, ...; every
+    # consumer (PPO, the report, serve, score) reads their normalised scores combined: mean_minus_std
+    # (mean − ensemble_std_coef × the members' std: unsure answers score lower) | min | mean
+    ensemble: int = 1
+    ensemble_combine: str = "mean_minus_std"
+    ensemble_std_coef: float = 1.0
     # train.batch_size = prompts per micro-batch; train.eval_batches is not used (every evaluation
     # scores all held-out prompts)
     train: TrainConfig = field(default_factory=_rm_train_defaults)
 
     def unused_settings(self) -> Unused:
-        return _unused("rm.train", self.train, _rm_train_defaults(), {
+        unused = _unused("rm.train", self.train, _rm_train_defaults(), {
             "eval_batches": "the reward model is evaluated on all its held-out prompts at every evaluation"})
+        if self.ensemble == 1:
+            unused |= _unused("rm", self, RMConfig(), {k: "rm.ensemble is 1: there are no members to combine"
+                                                       for k in ("ensemble_combine", "ensemble_std_coef")})
+        return unused
 
     def validate(self) -> None:
         if self.loss not in ("auto", "pairwise", "plackett_luce", "best_of_k", "mse", "bce"):
@@ -232,6 +245,13 @@ class RMConfig:
                               f"got {self.loss!r}")
         if self.normalize not in ("bias_gain", "bias", "none"):
             raise ConfigError(f"rm.normalize must be bias_gain, bias or none, got {self.normalize!r}")
+        if self.ensemble < 1:
+            raise ConfigError(f"rm.ensemble must be at least 1 (members), got {self.ensemble}")
+        if self.ensemble_combine not in RM_ENSEMBLE_COMBINES:
+            raise ConfigError(f"rm.ensemble_combine must be one of {', '.join(RM_ENSEMBLE_COMBINES)}, "
+                              f"got {self.ensemble_combine!r}")
+        if self.ensemble_std_coef < 0:
+            raise ConfigError(f"rm.ensemble_std_coef must be >= 0, got {self.ensemble_std_coef}")
         self.train.validate()
 
 

@@ -8,21 +8,28 @@ data such as movie reviews) are `<|endoftext|>` + text.
 
 After training, a gain and bias are fitted so that SFT samples score mean 0 and std 1; they are
 stored in the checkpoint's config.json and applied by every consumer through `RewardModel`.
+
+An ensemble (`rm.ensemble=M`, Coste et al. 2024) is M reward models trained from different seeds:
+the stage's model directory holds the first, `members/<i>/` the others, and `ensemble.json` (written
+last) how their normalised scores combine into one conservative reward. `load_reward_model` gives
+a `RewardEnsemble` there and a `RewardModel` elsewhere; both score the same way.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from picochat.config import RM_ENSEMBLE_COMBINES
 from picochat.core import distributed
 from picochat.core.batching import right_pad
 from picochat.core.chat import render_chat
 from picochat.core.model import GPT
 from picochat.core.tokenizer import Tokenizer
-from picochat.layout import load_model, model_tokenizer
+from picochat.layout import load_model, model_tokenizer, resolve_model
 
 
 def reward_input_ids(tokenizer: Tokenizer, prompt: list[dict] | None, response: str, finished: bool = True,
@@ -107,3 +114,68 @@ class RewardModel:
             raw = scores_at(self.model, ids.to(device), last.to(device))
             out.extend((raw * self.gain + self.bias if normalized else raw).tolist())
         return out
+
+
+ENSEMBLE_FILE = "ensemble.json"  # beside the first member's model: the members and how their scores combine
+
+
+def combine_member_scores(scores: torch.Tensor, combine: str, std_coef: float = 1.0) -> torch.Tensor:
+    """(M, N) normalised member scores -> (N,) one score per response.
+
+    mean_minus_std: the mean less std_coef x the members' (population) standard deviation, so a
+    response the members disagree on scores lower: the uncertainty-weighted reward of Coste et al.
+    (2024), which stops over-optimisation where the reward model is unsure. min: the most
+    pessimistic member (their worst-case optimisation). mean: no penalty."""
+    if combine == "mean":
+        return scores.mean(0)
+    if combine == "min":
+        return scores.min(0).values
+    if combine == "mean_minus_std":
+        return scores.mean(0) - std_coef * scores.std(0, correction=0)
+    raise ValueError(f"unknown ensemble combine {combine!r}; expected one of {', '.join(RM_ENSEMBLE_COMBINES)}")
+
+
+@dataclass
+class RewardEnsemble:
+    """M reward models read as one: each member's normalised score, combined (`combine`), then put
+    back on the normalised scale (gain, bias: SFT samples score mean 0 and std 1 again), so PPO's KL
+    coefficient means what it means with one reward model."""
+
+    members: list[RewardModel]
+    combine: str
+    std_coef: float = 1.0
+    gain: float = 1.0
+    bias: float = 0.0
+
+    @property
+    def model(self) -> GPT:  # the first member: the value model's start and the stage's own model
+        return self.members[0].model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.members[0].tokenizer
+
+    def member_scores(self, prompts: list[list[dict] | None], responses: list[str],
+                      finished: list[bool] | None = None) -> torch.Tensor:
+        """(M, N) normalised scores, one row per member."""
+        return torch.tensor([m.score(prompts, responses, finished) for m in self.members])
+
+    def score(self, prompts: list[list[dict] | None], responses: list[str], finished: list[bool] | None = None,
+              batch_size: int = 32, normalized: bool = True) -> list[float]:
+        combined = combine_member_scores(self.member_scores(prompts, responses, finished), self.combine, self.std_coef)
+        return (combined * self.gain + self.bias if normalized else combined).tolist()
+
+
+AnyRewardModel = RewardModel | RewardEnsemble  # what load_reward_model gives: one model or an ensemble
+
+
+def load_reward_model(path: str | Path, device: torch.device | str = "cpu") -> AnyRewardModel:
+    """The reward model of a model setting: a `RewardEnsemble` when its directory holds one (see
+    ENSEMBLE_FILE), else a `RewardModel`."""
+    first = RewardModel.load(path, device)
+    spec_file = resolve_model(path) / ENSEMBLE_FILE
+    if not spec_file.exists():
+        return first
+    spec = json.loads(spec_file.read_text())
+    members = [first] + [RewardModel.load(spec_file.parent / m, device) for m in spec["members"]]
+    return RewardEnsemble(members, spec["combine"], float(spec["std_coef"]), float(spec["gain"]), float(spec["bias"]))

@@ -53,6 +53,10 @@ def test_frozen_world_section_can_be_overridden():
         ({"world.colour": "red"}, "unknown config key"),
         ({"ppo.entropy_rows": "some"}, "ppo.entropy_rows must be all or reinforced"),
         ({"label.task_mix": "balanced"}, "label.task_mix must be one of natural, even"),
+        ({"rm.ensemble": 0}, "rm.ensemble must be at least 1"),
+        ({"rm.ensemble": 3, "rm.ensemble_combine": "median"}, "rm.ensemble_combine must be one of mean_minus_std"),
+        ({"rm.ensemble": 3, "rm.ensemble_std_coef": -1.0}, "rm.ensemble_std_coef must be >= 0"),
+        ({"rm.ensemble_combine": "min"}, "rm.ensemble is 1: there are no members to combine"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

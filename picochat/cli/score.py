@@ -17,7 +17,7 @@ from pathlib import Path
 from picochat.core.precision import default_device
 from picochat.data.preferences import parse_record
 from picochat.data.readers import CorpusError, iter_json_lines
-from picochat.reward_model import RewardModel
+from picochat.reward_model import load_reward_model
 
 HELP = "score answers with a reward model"
 DESCRIPTION = "Score (prompt, response) pairs with a trained reward model (normalised scores)."
@@ -38,7 +38,7 @@ def _prompt_messages(prompt) -> list[dict]:
 
 def cmd_score(args, stdout=None) -> int:
     stdout = stdout or sys.stdout  # looked up per call: tests and pipes replace sys.stdout
-    rm = RewardModel.load(args.ckpt, default_device())
+    rm = load_reward_model(args.ckpt, default_device())
     normalized = not args.raw
     if args.file:
         for line_no, obj in iter_json_lines(Path(args.file)):

@@ -20,7 +20,7 @@ from pathlib import Path
 from picochat.core.precision import default_device, resolve_precision
 from picochat.feedback.autolabel import world_label_prompts
 from picochat.layout import load_model_and_tokenizer
-from picochat.reward_model import RewardModel
+from picochat.reward_model import load_reward_model
 from picochat.serve.engine import BatchEngine
 from picochat.serve.hosts import HostPolicy, host_policy
 from picochat.serve.labeling import LabelStore, context_check, read_label_prompts
@@ -124,7 +124,7 @@ def build_service(args, api_key: str | None, hosts: HostPolicy) -> tuple[Service
     service = Service(engine=engine, tokenizer=tokenizer, model_name=name, limits=limits, api_key=api_key,
                       hosts=hosts)
     if args.rm:
-        service.reward_model = RewardModel.load(args.rm, device)
+        service.reward_model = load_reward_model(args.rm, device)
         service.reward_name = f"picochat-{Path(args.rm).resolve().name}"  # e.g. picochat-rm
     if not args.no_label:
         service.labeling = label_store(args, tokenizer, model.cfg.max_seq_len)

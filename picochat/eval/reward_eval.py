@@ -15,7 +15,7 @@ from picochat.core.prompt import Prompt, reward_input
 from picochat.core.rollout import sample_rollout
 from picochat.core.tokenizer import Tokenizer
 from picochat.eval.gold_eval import paired_difference
-from picochat.reward_model import RewardModel
+from picochat.reward_model import AnyRewardModel
 
 
 def reward_stats(scores: list[float]) -> dict:
@@ -23,7 +23,7 @@ def reward_stats(scores: list[float]) -> dict:
             "std": statistics.pstdev(scores), "n": len(scores)}
 
 
-def sample_and_score(model, reward: RewardModel, tokenizer: Tokenizer, prompts: list[Prompt], *, n_samples: int,
+def sample_and_score(model, reward: AnyRewardModel, tokenizer: Tokenizer, prompts: list[Prompt], *, n_samples: int,
                      max_new_tokens: int, seed: int, precision: str,
                      batch_size: int = 64) -> tuple[list[str], list[float]]:
     """(texts, reward scores) of `n_samples` T=1 samples per prompt, ordered sample-major
@@ -42,7 +42,7 @@ def sample_and_score(model, reward: RewardModel, tokenizer: Tokenizer, prompts: 
     return texts, scores
 
 
-def evaluate_reward(policy, reference, reward: RewardModel, tokenizer: Tokenizer, prompts: list[Prompt], *,
+def evaluate_reward(policy, reference, reward: AnyRewardModel, tokenizer: Tokenizer, prompts: list[Prompt], *,
                     n_samples: int, max_new_tokens: int, seed: int, precision: str) -> dict:
     """Reward of the reference's and the policy's samples on `prompts`: statistics of each, the
     paired per-prompt gain with a 95% CI, and the first sample of each prompt for reading."""

@@ -33,7 +33,7 @@ from picochat.data.preferences import read_preferences
 from picochat.eval.gold_eval import answer_prompts
 from picochat.eval.sharpened import SHARPENING_TEMPERATURES, sharpened_gold
 from picochat.layout import MODEL_STAGES, load_model, model_tokenizer, world_file
-from picochat.reward_model import RewardModel
+from picochat.reward_model import load_reward_model
 from picochat.train.sft import held_out_subset
 from picochat.world import GoldScorer, read_chat_examples, read_world
 from picochat.world.text import CJK
@@ -155,7 +155,7 @@ def _with_report_threads(cfg: RunConfig, work):
 def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision, source, show_progress) -> dict:
     """{"models": every model's answers and scores, "best_of_n": the SFT model's samples (when
     n_best)}, scored by one reward model and one gold scorer loaded once for both."""
-    reward = RewardModel.load(out / "rm", device) if key["reward_model"] else None
+    reward = load_reward_model(out / "rm", device) if key["reward_model"] else None
     gold = GoldScorer(read_world(world_file(out))[0]) if key["gold"] else None
     result = {}
     if prompts and models:

@@ -272,7 +272,24 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
                      f"{fmt(rm['best_of_4_gold_gain'], '+.3f')} gold over a random one, the gold scorer's own pick "
                      f"{fmt(rm['best_of_4_oracle_gain'], '+.3f')} (rm/summary.json), at a KL of 0.64 nats from SFT "
                      "(the best-of-n section compares it with the RL models and with a lower temperature).")
+    if rm.get("members"):
+        lines.append(ensemble_line(rm))
     return lines + [""]
+
+
+def ensemble_line(rm: dict) -> str:
+    """Each ensemble member's held-out figures beside the ensemble's (rm/summary.json)."""
+    how = rm["ensemble"]["combine"].replace("_", " ")
+    if rm["ensemble"]["combine"] == "mean_minus_std":
+        how = f"mean − {rm['ensemble']['std_coef']:g} × std"
+
+    def figures(s: dict) -> str:
+        return (f"best-of-4 {fmt(s.get('best_of_4_gold_gain'), '+.3f')}, "
+                f"gold-order agreement {fmt(s.get('gold_pair_accuracy'))}")
+
+    members = "; ".join(f"seed {m['seed']}: {figures(m)}" for m in rm["members"])
+    return (f"- The reward model is an ensemble of {len(rm['members'])} (rm.ensemble, scores combined as {how}): "
+            f"{members}; the ensemble: {figures(rm)}.")
 
 
 def best_of_n_section(run: RunFiles, comparison: dict) -> list[str]:

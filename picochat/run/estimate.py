@@ -165,8 +165,9 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         t, lc = cfg.rm.train, cfg.label
         # then it scores the training answers (to fit its normalisation) and the held-out ones
         scored = (min(cfg.rm.normalize_on, lc.n_prompts) + lc.n_test_prompts) * lc.k * chat_tokens
-        return Work(train_tokens=t.max_steps * t.batch_size * t.grad_accum_steps * lc.k * chat_tokens,
-                    forward_tokens=scored)
+        members = cfg.rm.ensemble
+        return Work(train_tokens=members * t.max_steps * t.batch_size * t.grad_accum_steps * lc.k * chat_tokens,
+                    forward_tokens=members * scored)
     if name == "ppo":
         p = cfg.ppo
         answers = p.rollout_prompts * p.samples_per_prompt
@@ -175,7 +176,8 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         # advantage=best leaves out the rows it does not reinforce (PPOTrainer.skip_idle_rows)
         if p.advantage == "best" and p.update_skips_idle_rows:
             trained /= p.samples_per_prompt
-        read = 2 + (p.advantage == "gae") + (p.reward == "rm")  # policy, reference (+ value) (+ reward model)
+        # policy, reference (+ value) (+ the reward model's members)
+        read = 2 + (p.advantage == "gae") + (p.reward == "rm") * cfg.rm.ensemble
         per_iteration = Work(train_tokens=trained * p.epochs * rows, forward_tokens=read * rows,
                              sample_steps=p.max_new_tokens * max(1.0, answers / SAMPLE_ROWS))
         # with your own prompts the evaluation samples answers of the rollout length (ppo.eval_* in config.py)

@@ -55,6 +55,7 @@ ADDED_SETTINGS = {
     "ppo": {"reward": "rm", "samples_per_prompt": 1, "advantage": "gae", "kl_penalty": "reward",
             "whiten_advantages": True, "trainable": "all", "entropy_rows": "all"},
     "label": {"task_mix": "natural"},
+    "rm": {"ensemble": 1, "ensemble_combine": "mean_minus_std", "ensemble_std_coef": 1.0},
 }
 
 

@@ -31,7 +31,7 @@ class Service:
     limits: ServeLimits = field(default_factory=ServeLimits)
     api_key: str | None = None
     hosts: HostPolicy = field(default_factory=HostPolicy)  # loopback names only; see hosts.host_policy
-    reward_model: object | None = None  # picochat.reward_model.RewardModel
+    reward_model: object | None = None  # picochat.reward_model.load_reward_model: one model or an ensemble
     reward_name: str | None = None
     labeling: object | None = None  # picochat.serve.labeling.LabelStore
     created: int = field(default_factory=lambda: int(time.time()))

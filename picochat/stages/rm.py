@@ -1,8 +1,11 @@
 """The reward-model stage: train a scalar head on the K-wise rankings and fit the score
-normalisation (see picochat.train.reward for batching, losses and metrics)."""
+normalisation (see picochat.train.reward for batching, losses and metrics); with rm.ensemble=M,
+M of them from different seeds and how their scores combine (picochat.reward_model)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from picochat.config import RMConfig, RunConfig
+from picochat.config import RMConfig, RunConfig, TrainConfig
 from picochat.core import distributed
-from picochat.core.checkpoint import TOKENIZER_FILE, write_model_dir
+from picochat.core.checkpoint import TOKENIZER_FILE, read_model_config, write_model_dir
 from picochat.core.distributed import rank_share
+from picochat.core.io import atomic_write_json
 from picochat.core.precision import autocast, default_device
 from picochat.core.tokenizer import Tokenizer
-from picochat.layout import load_model_and_tokenizer, model_location
+from picochat.layout import load_model_and_tokenizer, model_location, resolve_model
+from picochat.reward_model import ENSEMBLE_FILE, combine_member_scores
 from picochat.train.reward import (
     EncodedRecord,
     best_of_n_gold,
@@ -39,40 +44,108 @@ def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     init_dir = model_location(rcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
-    model, tokenizer, meta = load_model_and_tokenizer(init_dir, device)
-    tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into the model directories written
-    torch.manual_seed(rcfg.train.seed)
-    model.set_head("scalar")
-    torch.nn.init.normal_(model.score.weight, std=rcfg.head_init_std)  # small: start from no opinion
-    seq_len = min(rcfg.seq_len, model.cfg.max_seq_len)
-
+    init_model_dir = resolve_model(init_dir)
+    tokenizer = Tokenizer.load(init_model_dir / TOKENIZER_FILE)
+    seq_len = min(rcfg.seq_len, read_model_config(init_model_dir)[0].max_seq_len)
     data = load_rm_data(rcfg, out, tokenizer, seq_len)
-    trainer = _make_trainer(rcfg, data, model, tokenizer.pad_id, stage_dir, tokenizer_file, device, show_progress)
-    result, model = trainer.fit_to_end()
-    if model is None:  # under torchrun, rank 0 alone fits the normalisation and writes the model
+    members = []
+    for i in range(rcfg.ensemble):
+        if rcfg.ensemble > 1:
+            print(f"[rm] ensemble member {i + 1} of {rcfg.ensemble} (seed {rcfg.train.seed + i})")
+        members.append(_train_member(rcfg, i, init_dir, data, member_dir(stage_dir, i), device, show_progress))
+    if not distributed.is_main():  # under torchrun, rank 0 alone fits the normalisation and writes the model
         return {}
 
-    model.eval()
-    with autocast(trainer.precision, device):
-        train_scores = score_records(model, data.train[: rcfg.normalize_on], tokenizer.pad_id)
-        test_scores = score_records(model, data.test, tokenizer.pad_id) if data.test else []
-    gain, bias = _normalization(rcfg, train_scores)
-    write_model_dir(stage_dir, model, tokenizer_file, {
-        "stage": "rm", "step": result.step, "init": str(init_dir), "loss": data.kind,
-        "reward_normalization": {"gain": gain, "bias": bias, "fitted_on": "SFT samples of the training prompts"},
-    })
-    return {
+    first = members[0]
+    summary = {
         "stage": "rm",
         "init": str(init_dir),
         "loss": data.kind,
         "n_train_prompts": len(data.train),
         "n_test_prompts": len(data.test),
         "n_invalid_records": len(data.problems),
-        **result.figures(),
-        **_held_out_metrics(data, test_scores, gain, bias),
-        "normalization": {"gain": gain, "bias": bias},
-        "wall_s": time.perf_counter() - t0,
+        **first["figures"],
     }
+    if rcfg.ensemble == 1:
+        test_scores, gain, bias = first["test_scores"], first["gain"], first["bias"]
+    else:
+        test_scores, gain, bias = _write_ensemble(rcfg, stage_dir, members)
+        summary["members"] = [{"seed": m["seed"], **m["held_out"]} for m in members]
+        summary["ensemble"] = {"combine": rcfg.ensemble_combine, "std_coef": rcfg.ensemble_std_coef}
+        summary["train_wall_s"] = sum(m["figures"]["train_wall_s"] for m in members)
+    return {**summary, **_held_out_metrics(data, test_scores, gain, bias),
+            "normalization": {"gain": gain, "bias": bias}, "wall_s": time.perf_counter() - t0}
+
+
+def member_dir(stage_dir: Path, index: int) -> Path:
+    """Where ensemble member `index` lives: the stage's own model directory for the first."""
+    return stage_dir if index == 0 else stage_dir / "members" / str(index)
+
+
+MEMBER_FILE = "member.json"  # a finished member's figures and scores, written after its model
+
+
+def _train_member(rcfg: RMConfig, index: int, init_dir: Path, data: RMData, out_dir: Path, device,
+                  show_progress: bool) -> dict | None:
+    """Train one reward model (seed train.seed + index), fit its normalisation and write it to
+    out_dir; returns its figures and its raw scores of the normalisation and held-out prompts (None
+    in the other processes under torchrun). A member finished before the stage was killed is read
+    back, not retrained."""
+    done = out_dir / MEMBER_FILE
+    if done.exists():
+        print(f"[rm] member {index + 1} already trained, reusing {out_dir}")
+        return json.loads(done.read_text())
+    tcfg = dataclasses.replace(rcfg.train, seed=rcfg.train.seed + index)
+    model, tokenizer, meta = load_model_and_tokenizer(init_dir, device)
+    tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into the model directories written
+    torch.manual_seed(tcfg.seed)
+    model.set_head("scalar")
+    torch.nn.init.normal_(model.score.weight, std=rcfg.head_init_std)  # small: start from no opinion
+    trainer = _make_trainer(tcfg, data, model, tokenizer.pad_id, out_dir, tokenizer_file, device, show_progress)
+    result, model = trainer.fit_to_end()
+    if model is None:
+        return None
+    model.eval()
+    with autocast(trainer.precision, device):
+        train_scores = score_records(model, data.train[: rcfg.normalize_on], tokenizer.pad_id)
+        test_scores = score_records(model, data.test, tokenizer.pad_id) if data.test else []
+    gain, bias = _normalization(rcfg, train_scores)
+    write_model_dir(out_dir, model, tokenizer_file, {
+        "stage": "rm", "step": result.step, "init": str(init_dir), "loss": data.kind, "seed": tcfg.seed,
+        "reward_normalization": {"gain": gain, "bias": bias, "fitted_on": "SFT samples of the training prompts"},
+    })
+    member = {"seed": tcfg.seed, "figures": result.figures(), "gain": gain, "bias": bias,
+              "train_scores": train_scores, "test_scores": test_scores,
+              "held_out": _member_summary(data, test_scores, gain, bias)}
+    atomic_write_json(done, member)
+    return member
+
+
+def _member_summary(data: RMData, test_scores: list[list[float]], gain: float, bias: float) -> dict:
+    """The held-out figures the report shows for each ensemble member."""
+    metrics = _held_out_metrics(data, test_scores, gain, bias)
+    return {k: v for k, v in metrics.items()
+            if k in ("pair_accuracy", "gold_pair_accuracy") or (k.startswith("best_of_") and k.endswith("_gain"))}
+
+
+def _write_ensemble(rcfg: RMConfig, stage_dir: Path, members: list[dict]) -> tuple[list[list[float]], float, float]:
+    """Combine the members' normalised scores (rm.ensemble_combine), fit the combined score's own
+    normalisation on the training prompts' SFT samples, and write ensemble.json beside the first
+    member (every consumer then reads the ensemble). Returns the combined held-out scores and
+    that normalisation."""
+    def combined(key: str) -> list[list[float]]:
+        per_record = zip(*[m[key] for m in members])  # each record's scores, one list per member
+        return [combine_member_scores(torch.tensor([[m["gain"] * x + m["bias"] for x in s]
+                                                    for m, s in zip(members, scores)]),
+                                      rcfg.ensemble_combine, rcfg.ensemble_std_coef).tolist()
+                for scores in per_record]
+
+    gain, bias = _normalization(rcfg, combined("train_scores"))
+    atomic_write_json(stage_dir / ENSEMBLE_FILE, {
+        "members": [str(member_dir(stage_dir, i).relative_to(stage_dir)) for i in range(1, len(members))],
+        "combine": rcfg.ensemble_combine, "std_coef": rcfg.ensemble_std_coef, "gain": gain, "bias": bias,
+        "seeds": [m["seed"] for m in members]})
+    return combined("test_scores"), gain, bias
 
 
 @dataclass
@@ -108,11 +181,11 @@ def load_rm_data(rcfg: RMConfig, out: Path, tokenizer: Tokenizer, seq_len: int) 
     return RMData(train, test, kind, problems)
 
 
-def _make_trainer(rcfg: RMConfig, data: RMData, model, pad_id: int, stage_dir: Path, tokenizer_file: Path,
+def _make_trainer(tcfg: TrainConfig, data: RMData, model, pad_id: int, stage_dir: Path, tokenizer_file: Path,
                   device, show_progress: bool) -> Trainer:
     """The shared trainer with the reward model's batches (whole prompts: all K answers of each),
     loss and held-out metrics."""
-    tcfg, kind = rcfg.train, data.kind
+    kind = data.kind
     rank, world = distributed.rank(), distributed.world_size()
 
     def get_batch(step: int, micro: int) -> dict:

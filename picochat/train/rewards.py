@@ -20,7 +20,7 @@ import torch
 from picochat.config import PPO_REWARDS, PPOConfig
 from picochat.core.prompt import Prompt, reward_input
 from picochat.layout import model_location, world_file
-from picochat.reward_model import RewardModel
+from picochat.reward_model import AnyRewardModel, RewardEnsemble, load_reward_model
 from picochat.world import GoldScorer, read_world
 
 RewardFunction = Callable[[list[Prompt], list[str], list[bool]], list[float]]
@@ -31,7 +31,7 @@ GOLD_SFT_MEAN = 0.45
 GOLD_SFT_STD = 0.25
 
 
-def rm_reward(reward_model: RewardModel) -> RewardFunction:
+def rm_reward(reward_model: AnyRewardModel) -> RewardFunction:
     def score(prompts: list[Prompt], texts: list[str], finished: list[bool]) -> list[float]:
         inputs = [reward_input(p, t) for p, t in zip(prompts, texts)]
         return reward_model.score([p for p, _ in inputs], [r for _, r in inputs], finished)
@@ -47,13 +47,14 @@ def gold_reward(gold: GoldScorer) -> RewardFunction:
     return score
 
 
-def _rm(pcfg: PPOConfig, out: Path, device: torch.device) -> tuple[RewardFunction, RewardModel | None]:
-    reward_model = RewardModel.load(model_location(pcfg.reward_model, "rm", out), device)
-    reward_model.model.requires_grad_(False).eval()
+def _rm(pcfg: PPOConfig, out: Path, device: torch.device) -> tuple[RewardFunction, AnyRewardModel | None]:
+    reward_model = load_reward_model(model_location(pcfg.reward_model, "rm", out), device)
+    for member in reward_model.members if isinstance(reward_model, RewardEnsemble) else [reward_model]:
+        member.model.requires_grad_(False).eval()
     return rm_reward(reward_model), reward_model
 
 
-def _gold(pcfg: PPOConfig, out: Path, device: torch.device) -> tuple[RewardFunction, RewardModel | None]:
+def _gold(pcfg: PPOConfig, out: Path, device: torch.device) -> tuple[RewardFunction, AnyRewardModel | None]:
     if not world_file(out).exists() or pcfg.prompts:
         raise ValueError("ppo.reward=gold needs the built-in world's prompts and gold scorer: it is not "
                          "available with your own ppo.prompts; use ppo.reward=rm")
@@ -65,6 +66,6 @@ REWARDS = {"rm": _rm, "gold": _gold}
 assert tuple(REWARDS) == PPO_REWARDS
 
 
-def build_reward(pcfg: PPOConfig, out: Path, device: torch.device) -> tuple[RewardFunction, RewardModel | None]:
+def build_reward(pcfg: PPOConfig, out: Path, device: torch.device) -> tuple[RewardFunction, AnyRewardModel | None]:
     """(the reward function `ppo.reward` names, the reward model when it is one)."""
     return REWARDS[pcfg.reward](pcfg, out, device)
