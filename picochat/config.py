@@ -419,6 +419,32 @@ def _dpo_train_defaults() -> TrainConfig:
                        eval_every=50, eval_batches=4, log_every=10, ckpt_every=50)
 
 
+RLHF_POLICY_STARTS = ("last", "sft")  # where each later round's PPO starts (picochat.stages.rounds)
+
+
+@dataclass
+class RLHFConfig:
+    """Iterated RLHF (InstructGPT gathered new rankings of the RL policy's answers; Llama 2 ran five
+    rounds). Round 1 is the label, rm and ppo stages; each later round (the `rounds` stage) ranks K
+    answers of the current policy to `prompts` train prompts (label.*: built-in labeler), retrains
+    the reward model on every ranking so far (rm.*) and runs PPO again (ppo.*), always with the KL
+    to the SFT model."""
+
+    rounds: int = 1  # 1: no later rounds (the rounds stage is left out of the run)
+    prompts: int = 1000  # train prompts ranked per later round, a fresh shuffle of the world's each round
+    # last: PPO continues from the previous round's policy | sft: it starts again from the SFT model
+    policy_start: str = "last"
+
+    def validate(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rlhf.rounds must be at least 1, got {self.rounds}")
+        if self.prompts < 1:
+            raise ConfigError(f"rlhf.prompts must be at least 1, got {self.prompts}")
+        if self.policy_start not in RLHF_POLICY_STARTS:
+            raise ConfigError(f"rlhf.policy_start must be one of {', '.join(RLHF_POLICY_STARTS)}, "
+                              f"got {self.policy_start!r}")
+
+
 @dataclass
 class DPOConfig:
     sources: list[str] = field(default_factory=list)  # preference files/dirs; empty = <out>/label/ (+ its test file)
@@ -551,6 +577,7 @@ class RunConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    rlhf: RLHFConfig = field(default_factory=RLHFConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -736,9 +763,11 @@ def build_config(
     cfg.rm.validate()
     cfg.ppo.validate()
     cfg.dpo.validate()
+    cfg.rlhf.validate()
     cfg.report.validate()
     cfg.eval.validate()
     _check_fractions(cfg)
+    _check_rounds(cfg)
     _resolve_data_root(cfg)
     try:
         cfg.model.validate()
@@ -749,6 +778,23 @@ def build_config(
                           "reward-model stage gives its copy the scalar head itself. Remove the key")
     _check_unused(cfg, base_file)
     return cfg
+
+
+def _check_rounds(cfg: RunConfig) -> None:
+    """Later RLHF rounds rank the policy's answers with the built-in labeler and train a reward
+    model for PPO: they need the built-in world's prompts and rankings and PPO on the reward model."""
+    if cfg.rlhf.rounds == 1:
+        return
+    if cfg.ppo.reward != "rm":
+        raise ConfigError(f"rlhf.rounds={cfg.rlhf.rounds} retrains the reward model each round, and ppo.reward is "
+                          f"{cfg.ppo.reward!r}: set ppo.reward=rm or rlhf.rounds=1")
+    own = [key for key, value in (("rm.sources", cfg.rm.sources), ("ppo.prompts", cfg.ppo.prompts),
+                                  ("rm.init", cfg.rm.init), ("ppo.init", cfg.ppo.init),
+                                  ("ppo.reward_model", cfg.ppo.reward_model)) if value]
+    if own:
+        raise ConfigError(f"rlhf.rounds={cfg.rlhf.rounds} runs on the built-in world from this run's SFT model (the "
+                          f"built-in labeler ranks the policy's answers), and {own[0]} is set: leave it empty or "
+                          "set rlhf.rounds=1")
 
 
 def unused_settings(cfg: RunConfig) -> Unused:

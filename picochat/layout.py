@@ -7,6 +7,7 @@ A run directory `<out>/` holds one directory per stage, in this order:
     pretrain/ sft/ rm/ ppo/ dpo/   a model directory (model.safetensors, config.json,
                  tokenizer.json) plus checkpoint/, metrics.jsonl, summary.json
     label/       preferences.jsonl, preferences_test.jsonl
+    rounds/      round_<r>/label, rm, ppo: later RLHF rounds (rlhf.rounds > 1)
 
 and config.yaml, report.md, report/ and plots/ beside them. Each stage also writes stage.json (its
 fingerprint) and summary.json (complete). Code that needs one of these paths asks here.
@@ -27,7 +28,7 @@ from picochat.core.tokenizer import Tokenizer
 from picochat.hf import HF_PREFIX
 from picochat.hf.importer import import_hf
 
-STAGE_NAMES = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo")  # pipeline order
+STAGE_NAMES = ("world", "tokenizer", "pretrain", "sft", "label", "rm", "ppo", "dpo", "rounds")  # pipeline order
 MODEL_STAGES = ("pretrain", "sft", "ppo", "dpo")  # the stages whose output is a chat or language model
 
 

@@ -57,6 +57,10 @@ def test_frozen_world_section_can_be_overridden():
         ({"rm.ensemble": 3, "rm.ensemble_combine": "median"}, "rm.ensemble_combine must be one of mean_minus_std"),
         ({"rm.ensemble": 3, "rm.ensemble_std_coef": -1.0}, "rm.ensemble_std_coef must be >= 0"),
         ({"rm.ensemble_combine": "min"}, "rm.ensemble is 1: there are no members to combine"),
+        ({"rlhf.rounds": 0}, "rlhf.rounds must be at least 1"),
+        ({"rlhf.policy_start": "rm"}, "rlhf.policy_start must be one of last, sft"),
+        ({"rlhf.rounds": 2, "ppo.reward": "gold"}, "set ppo.reward=rm or rlhf.rounds=1"),
+        ({"rlhf.rounds": 2, "rm.sources": ["x.jsonl"]}, "rm.sources is set"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -25,7 +25,10 @@ STAGE_HELP = {
     "rm": "train the reward model on the rankings (pairwise loss over all pairs of a prompt)",
     "ppo": "RLHF: optimise the SFT policy against the reward model with PPO and a KL penalty to SFT",
     "dpo": "direct preference optimisation on the same rankings: the cheaper alternative to RM + PPO",
+    "rounds": "iterated RLHF (rlhf.rounds=N): rank the policy's answers, retrain the reward model, PPO again",
 }
+# The config section a stage command's undotted overrides belong to, where it is not the stage's name
+STAGE_SECTION = {"rounds": "rlhf"}
 RUN_HELP = "run the whole pipeline (or --stages a,b)"
 REPORT_HELP = "write <out>/report.md and <out>/plots/ from a run's files"
 REPORT_DESCRIPTION = ("Rewrite the run's report: per-stage figures, curves, before/after tables of every model on "
@@ -54,7 +57,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--stages", default=None,
-                   help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm,ppo,dpo,report "
+                   help="comma-separated subset of stages: world,tokenizer,pretrain,sft,label,rm,ppo,dpo,rounds,report "
                         "(default: the run's `stages`, all of them unless the preset says otherwise, then the report)")
 
 
@@ -95,6 +98,6 @@ def cmd_stage(stage: str, args) -> int:
                          "http://127.0.0.1:8000/label (rankings go to <out>/human_labels/preferences.jsonl); "
                          "or use `picochat label --auto` for the built-in labeler")
     with distributed.session():
-        cfg = config_for(args, default_section=stage)
+        cfg = config_for(args, default_section=STAGE_SECTION.get(stage, stage))
         run_stage(stage, cfg, Path(args.out), show_progress=not args.no_progress, force=args.force)
     return 0

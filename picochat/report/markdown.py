@@ -319,6 +319,29 @@ def best_of_n_section(run: RunFiles, comparison: dict) -> list[str]:
     ]
 
 
+def rounds_section(run: RunFiles) -> list[str]:
+    """Iterated RLHF: each round's labels, reward model and PPO figures (rounds/summary.json)."""
+    rounds = run.summary("rounds").get("rounds")
+    if not rounds:
+        return []
+    rows = []
+    for r in rounds:
+        ci = r.get("gold_gain_sampled_ci95") or [None, None]
+        rows.append([str(r["round"]), fmt(r.get("labeled_prompts"), ","), fmt(r.get("label_gold_agreement")),
+                     fmt(r.get("rm_gold_pair_accuracy")), fmt(r.get("rm_best_of_4_gold_gain"), "+.3f"),
+                     f"{fmt(r.get('gold_gain_sampled'), '+.3f')} ({fmt(ci[0], '+.3f')}…{fmt(ci[1], '+.3f')})",
+                     fmt(r.get("gold_gain_greedy"), "+.3f"), fmt(r.get("kl"), ".2f")])
+    return [
+        "## RLHF rounds", "",
+        "Round 1 is the label, rm and ppo stages; each later round ranked the previous policy's answers, "
+        "retrained the reward model on every ranking so far and ran PPO again (rounds/round_<r>/). Gains are "
+        "each round's PPO against the SFT model on its held-out prompts (T=1 samples, paired 95% CI, and "
+        "greedy); KL is to the SFT model.", "",
+        *_table(["round", "labeled prompts", "labels vs gold", "RM vs gold order", "RM best-of-4",
+                 "PPO gold gain, T=1 (CI)", "greedy", "KL"], rows), "",
+    ]
+
+
 def benchmark_section(cards: dict | None) -> list[str]:
     """The stage x task card: each model's main metric per task with its 95% interval, per form."""
     if cards is None:
@@ -372,6 +395,7 @@ def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]],
         lines += [plots_note or "n/a: no metrics to plot.", ""]
     lines += before_after_section(run, comparison)
     lines += best_of_n_section(run, comparison)
+    lines += rounds_section(run)
     lines += benchmark_section(cards)
     lines += samples_section(comparison, n_examples)
     return "\n".join(lines).rstrip() + "\n"

@@ -63,9 +63,18 @@ def label_line(s: dict) -> str:
             f"labels agree with gold on {s['pair_agreement_with_gold']:.3f} of pairs")
 
 
+def rounds_line(s: dict) -> str:
+    def gain(r: dict) -> str:
+        g = r.get("gold_gain_sampled")
+        return "n/a" if g is None else f"{g:+.3f}"
+
+    return (f"{len(s['rounds'])} RLHF rounds, PPO's sampled gold gain over SFT by round: "
+            + ", ".join(gain(r) for r in s["rounds"]) + f"; the last policy is {s['policy']}")
+
+
 SUMMARY_LINES: dict[str, Callable[[dict], str]] = {
     "world": world_line, "tokenizer": tokenizer_line, "pretrain": pretrain_line, "sft": sft_line,
-    "label": label_line, "rm": rm_line, "ppo": policy_line, "dpo": policy_line,
+    "label": label_line, "rm": rm_line, "ppo": policy_line, "dpo": policy_line, "rounds": rounds_line,
 }
 
 

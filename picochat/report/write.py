@@ -34,7 +34,8 @@ def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
         if name not in {n for n, _ in plots}:
             (plots_dir / name).unlink(missing_ok=True)
     preset = cfg.preset if (out / "config.yaml").exists() else None
-    planned = list(cfg.stages) or list(STAGE_NAMES)
+    # as run.registry.run_stages: every stage, the rounds stage only when there are later rounds
+    planned = list(cfg.stages) or [s for s in STAGE_NAMES if s != "rounds" or cfg.rlhf.rounds > 1]
     text = render_report(run, comparison, plots, preset, cfg.report.n_examples, planned, note, cards)
     atomic_write_text(out / "report.md", text)
     summary = {

@@ -194,6 +194,15 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         gold = 0.0 if d.sources else _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, 2)
         evals = gold + _gold_eval_steps(d.eval_prompts, d.kl_samples - 1, d.eval_max_new_tokens, 1)  # + KL samples
         return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)
+    if name == "rounds":
+        # each later round: labeling rlhf.prompts (of label.n_prompts + n_test_prompts), a reward
+        # model on every ranking so far (its steps do not grow with them), PPO
+        label, rm, ppo = (stage_work(s, cfg, chat_tokens) for s in ("label", "rm", "ppo"))
+        labeled = cfg.rlhf.prompts / max(1, cfg.label.n_prompts + cfg.label.n_test_prompts)
+        later = cfg.rlhf.rounds - 1
+        return Work(later * (rm.train_tokens + ppo.train_tokens),
+                    later * (rm.forward_tokens + ppo.forward_tokens),
+                    later * (labeled * label.sample_steps + ppo.sample_steps))
     if name == "report":
         r = cfg.report
         compare = _gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from picochat.config import RunConfig
 from picochat.layout import STAGE_NAMES, stage_reference
-from picochat.stages import dpo, label, ppo, pretrain, rm, sft, tokenizer, world
+from picochat.stages import dpo, label, ppo, pretrain, rm, rounds, sft, tokenizer, world
 from picochat.stages.tokenizer import tokenizer_corpus
 
 StageRun = Callable[[RunConfig, Path, bool], dict]  # (cfg, run directory, show_progress) -> summary
@@ -43,6 +43,7 @@ STAGES: dict[str, Stage] = {
         Stage("rm", ("rm",), ("label", "sft"), rm.run, distributed=True),
         Stage("ppo", ("ppo",), ("sft", "rm", "world"), ppo.run, distributed=True),
         Stage("dpo", ("dpo",), ("sft", "label", "world"), dpo.run, distributed=True),
+        Stage("rounds", ("rlhf", "label", "rm", "ppo"), ("sft", "label", "rm", "ppo", "world"), rounds.run),
     )
 }
 assert tuple(STAGES) == STAGE_NAMES, "layout.STAGE_NAMES and the registry list the stages in one order"
@@ -103,11 +104,14 @@ def upstream_of(name: str, cfg: RunConfig) -> list[str]:
 
 
 def run_stages(cfg: RunConfig) -> list[str]:
-    """The stages this run has (`stages:` in the config; empty = all), checked, in pipeline order."""
-    names = list(cfg.stages) or list(STAGES)
+    """The stages this run has (`stages:` in the config; empty = all, the rounds stage only with
+    rlhf.rounds > 1), checked, in pipeline order."""
+    names = list(cfg.stages) or [n for n in STAGES if n != "rounds" or cfg.rlhf.rounds > 1]
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)} in stages; stages are: {', '.join(STAGES)}")
+    if "rounds" in names and cfg.rlhf.rounds == 1:
+        raise ValueError("stages lists rounds and rlhf.rounds is 1: set rlhf.rounds=2 or more for later RLHF rounds")
     return [n for n in STAGES if n in names]
 
 

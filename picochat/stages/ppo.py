@@ -20,8 +20,13 @@ from picochat.train.ppo import PPOTrainer
 
 
 def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    return train_policy(cfg, out, PPOTrainer(cfg, out, show_progress), show_progress)
+
+
+def train_policy(cfg: RunConfig, out: Path, trainer: PPOTrainer, show_progress: bool = True) -> dict:
+    """Run PPO to the end (or resume it), write the policy to trainer.stage_dir, evaluate it
+    against its reference and return the summary."""
     t0 = time.perf_counter()
-    trainer = PPOTrainer(cfg, out, show_progress)
     print(f"[ppo] {len(trainer.prompts):,} prompts ({cfg.ppo.format}"
           + (f", {len(trainer.eval_prompts):,} more held out" if trainer.eval_prompts else "")
           + (f", {trainer.n_prompts_too_long:,} too long skipped" if trainer.n_prompts_too_long else "")

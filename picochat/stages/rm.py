@@ -38,16 +38,21 @@ from picochat.train.trainer import Trainer
 
 
 def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
-    out = Path(out)
+    return train_reward_model(cfg, Path(out), Path(out) / "rm", show_progress)
+
+
+def train_reward_model(cfg: RunConfig, out: Path, stage_dir: Path, show_progress: bool = True,
+                       later_labels: tuple[Path, ...] = ()) -> dict:
+    """Train the reward model (or ensemble) into stage_dir on the run's rankings, those of later
+    RLHF rounds (`later_labels`, preference files) after them, and return its summary."""
     rcfg = cfg.rm
-    stage_dir = out / "rm"
     init_dir = model_location(rcfg.init, "sft", out)
     device = default_device()
     t0 = time.perf_counter()
     init_model_dir = resolve_model(init_dir)
     tokenizer = Tokenizer.load(init_model_dir / TOKENIZER_FILE)
     seq_len = min(rcfg.seq_len, read_model_config(init_model_dir)[0].max_seq_len)
-    data = load_rm_data(rcfg, out, tokenizer, seq_len)
+    data = load_rm_data(rcfg, out, tokenizer, seq_len, later_labels)
     members = []
     for i in range(rcfg.ensemble):
         if rcfg.ensemble > 1:
@@ -156,11 +161,12 @@ class RMData:
     problems: list[str]  # invalid records skipped ("file, line N: why")
 
 
-def load_rm_data(rcfg: RMConfig, out: Path, tokenizer: Tokenizer, seq_len: int) -> RMData:
+def load_rm_data(rcfg: RMConfig, out: Path, tokenizer: Tokenizer, seq_len: int,
+                 later_labels: tuple[Path, ...] = ()) -> RMData:
     """The preference records as token rows, split into train and held-out, and the loss they
     call for; says on stdout what was read and skipped."""
     train_records, test_records, problems = load_preference_splits(out, rcfg.sources, rcfg.max_records,
-                                                                   rcfg.val_fraction)
+                                                                   rcfg.val_fraction, later_labels=later_labels)
     for p in problems[:5]:
         print(f"[rm] skipped: {p}")
     if problems:

@@ -101,22 +101,26 @@ class PPOTrainer:
     seed of its own), advantages are whitened with the statistics of all of them, and the policy
     and value updates run under DDP, so all processes keep the same weights; rank 0 logs and saves."""
 
-    def __init__(self, cfg: RunConfig, out: Path, show_progress: bool = True):
+    def __init__(self, cfg: RunConfig, out: Path, show_progress: bool = True, stage_dir: Path | None = None,
+                 start: Path | None = None):
+        """stage_dir: where checkpoints and logs go (default <out>/ppo); start: the policy's start
+        (default ppo.init, which is always the frozen reference of the KL penalty: a later RLHF
+        round continues from the previous round's policy and is still held near the SFT model)."""
         self.cfg, self.pcfg, self.out = cfg, cfg.ppo, Path(out)
-        self.stage_dir = self.out / "ppo"
+        self.stage_dir = Path(stage_dir) if stage_dir else self.out / "ppo"
         self.rank, self.world_size, self.is_main = distributed.rank(), distributed.world_size(), distributed.is_main()
         self.show_progress = show_progress and self.is_main
         self.device = default_device()
         self.precision = resolve_precision(self.pcfg.precision, self.device)
         init = model_location(self.pcfg.init, "sft", self.out)
-        self.policy, self.tokenizer, meta = load_model_and_tokenizer(init, self.device)
+        self.policy, self.tokenizer, meta = load_model_and_tokenizer(start or init, self.device)
         self.tokenizer_file = Path(meta["model_dir"]) / TOKENIZER_FILE  # copied into every model directory written
         self.reference, _ = load_model(init, self.device)
         self.reference.requires_grad_(False).eval()
         self.n_trainable = select_trainable(self.policy, self.pcfg.trainable)
         self.reward_fn, self.reward_model = build_reward(self.pcfg, self.out, self.device)
         self.rm_dir = model_location(self.pcfg.reward_model, "rm", self.out) if self.reward_model else None
-        self.init_dir = init
+        self.init_dir = start or init
         self.value = self._value_model(init) if self.pcfg.advantage == "gae" else None  # critic-free: none
         # The update's forward passes go through DDP (gradients all-reduced); rollouts, scores and
         # old log-probs use the plain modules, which need no communication.

@@ -249,14 +249,17 @@ def fit_normalization(scores: list[list[float]], fit_gain: bool) -> tuple[float,
 
 
 def load_preference_splits(out: Path, sources: list[str], max_records: int, val_fraction: float,
-                           key: str = "rm.sources") -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
+                           key: str = "rm.sources", later_labels: tuple[Path, ...] = (),
+                           ) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[str]]:
     """(train, held-out, problems) for the reward model and DPO.
 
-    Built-in: `<out>/label/preferences.jsonl` and its test file (held-out prompts). Own data:
-    split by a hash of each record's prompt and first response, the same split for RM and DPO.
+    Built-in: `<out>/label/preferences.jsonl` (then `later_labels`, the rankings of later RLHF
+    rounds) and its test file (held-out prompts). Own data: split by a hash of each record's prompt
+    and first response, the same split for RM and DPO.
     """
     if not sources:
-        train, problems = read_preferences(out / "label" / "preferences.jsonl", limit=max_records, skip_invalid=True)
+        train, problems = read_preferences([out / "label" / "preferences.jsonl", *later_labels], limit=max_records,
+                                           skip_invalid=True)
         test_file = out / "label" / "preferences_test.jsonl"
         test, more = read_preferences(test_file, skip_invalid=True) if test_file.exists() else ([], [])
         return train, test, problems + more

@@ -1,0 +1,70 @@
+"""Iterated RLHF (`rlhf.rounds=N`, the rounds stage): later rounds rank the policy's answers,
+retrain the reward model on every ranking so far and run PPO again; a killed round resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import kill_at_checkpoint
+
+from picochat.cli.main import main
+from picochat.config import build_config
+from picochat.data.preferences import read_preferences
+from picochat.report.collect import read_run
+from picochat.report.markdown import rounds_section
+from picochat.run.registry import run_stages
+
+ROUNDS = ["rlhf.rounds=2", "rlhf.prompts=8"]
+
+
+def _copy(run_dir, dst):
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old"))
+    return dst
+
+
+def test_the_rounds_stage_is_in_a_run_only_with_later_rounds():
+    assert "rounds" not in run_stages(build_config("tiny"))
+    assert run_stages(build_config("tiny", overrides={"rlhf.rounds": 3}))[-1] == "rounds"
+
+
+def test_a_killed_second_round_resumes_to_the_uninterrupted_result(run_dir, tmp_path, capsys):
+    clean, killed = _copy(run_dir, tmp_path / "clean"), _copy(run_dir, tmp_path / "killed")
+    assert main(["rounds", "--out", str(clean), "--no-progress", *ROUNDS]) == 0
+    summary = json.loads((clean / "rounds" / "summary.json").read_text())
+    round_2 = clean / "rounds" / "round_2"
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["policy"] == str(round_2 / "ppo")
+    # round 2 ranked 8 prompts' answers of round 1's policy ...
+    records, _ = read_preferences(round_2 / "label" / "preferences.jsonl")
+    assert len(records) == 8 and summary["rounds"][1]["labeled_prompts"] == 8
+    # ... its reward model learned from round 1's rankings and those ...
+    first, second = (json.loads((d / "summary.json").read_text())["n_train_prompts"]
+                     for d in (clean / "rm", round_2 / "rm"))
+    assert first < second <= first + 8
+    # ... and its PPO continued from round 1's policy, with the KL to the SFT model
+    meta = json.loads((round_2 / "ppo" / "config.json").read_text())
+    assert meta["init"] == str(clean / "ppo") and meta["reward_model"] == str(round_2 / "rm")
+    assert summary["rounds"][1]["kl"] > 0 and summary["kl"] == summary["rounds"][1]["kl"]
+    table = "\n".join(rounds_section(read_run(clean)))
+    assert "## RLHF rounds" in table and "\n| 2 | 8 |" in table
+
+    proc = subprocess.Popen([sys.executable, "-m", "picochat", "rounds", "--out", str(killed), "--no-progress",
+                             *ROUNDS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_at_checkpoint(proc, killed / "rounds" / "round_2" / "rm" / "checkpoint" / "trainer_state.pt", "step", 5,
+                       timeout=180)
+    capsys.readouterr()
+    assert main(["rounds", "--out", str(killed), "--no-progress", *ROUNDS]) == 0
+    out = capsys.readouterr().out
+    assert "round_2/label already complete" in out and "resuming from step" in out
+    def rankings(run):  # the records less their time stamps
+        records, _ = read_preferences(run / "rounds" / "round_2" / "label" / "preferences.jsonl")
+        return [(r.prompt, r.responses, r.ranking) for r in records]
+
+    assert rankings(killed) == rankings(clean)
+    for name in ("rm/model.safetensors", "ppo/model.safetensors"):
+        assert (killed / "rounds" / "round_2" / name).read_bytes() == (round_2 / name).read_bytes(), name
+    again = json.loads((killed / "rounds" / "summary.json").read_text())
+    assert again["rounds"][1] == {**summary["rounds"][1]}
