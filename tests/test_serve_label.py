@@ -70,3 +70,22 @@ def test_answers_survive_a_restart_and_rankings_are_written_once(tmp_path):
     assert second.meta["all_bad"] is True and second.ranking == [[1], [0]]
     train, held_out, _ = load_preference_splits(tmp_path, [str(out)], 0, 0.5)
     assert sorted(len(r.responses) for r in train + held_out) == [2, 3]
+
+
+def test_the_labeling_page_finds_the_run_of_a_later_rounds_policy(tmp_path):
+    """A later RLHF round's policy (<run>/rounds/round_2/ppo) serves the run's world prompts and
+    saves people's rankings in the run, as the SFT model (<run>/sft) does."""
+    from picochat.cli.serve import default_label_out, world_prompts_of_run
+
+    run = tmp_path / "run"
+    (run / "world").mkdir(parents=True)
+    (run / "world" / "chat_train.jsonl").write_text("")
+    (run / "config.yaml").write_text("preset: tiny\n")
+    for ckpt in (run / "sft", run / "rounds" / "round_2" / "ppo"):
+        ckpt.mkdir(parents=True)
+        assert world_prompts_of_run(ckpt) == run / "world"
+        assert default_label_out(ckpt) == run / "human_labels" / "preferences.jsonl"
+    elsewhere = tmp_path / "model"
+    elsewhere.mkdir()
+    assert world_prompts_of_run(elsewhere) is None
+    assert default_label_out(elsewhere).name == "human_preferences.jsonl"

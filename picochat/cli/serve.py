@@ -97,14 +97,21 @@ def resolve_api_key(args) -> str | None:
     return os.environ.get(API_KEY_ENV) or None
 
 
+def run_of_checkpoint(ckpt: str | Path) -> Path | None:
+    """The picochat run directory a checkpoint sits in: the nearest folder above it with the run's
+    config.yaml (`<run>/sft`, or a later RLHF round's `<run>/rounds/round_2/ppo`), if any."""
+    for folder in Path(ckpt).resolve().parents:
+        if (folder / "config.yaml").exists():
+            return folder
+    return None
+
+
 def default_label_out(ckpt: str | Path) -> Path:
     """<run>/human_labels/preferences.jsonl when the checkpoint sits in a picochat run directory.
     Not inside <run>/label/: the pipeline deletes a stage's directory when it redoes the stage,
     and people's work must survive that."""
-    run = Path(ckpt).resolve().parent
-    if (run / "config.yaml").exists():
-        return run / "human_labels" / "preferences.jsonl"
-    return Path("human_preferences.jsonl")
+    run = run_of_checkpoint(ckpt)
+    return run / "human_labels" / "preferences.jsonl" if run else Path("human_preferences.jsonl")
 
 
 def build_service(args, api_key: str | None, hosts: HostPolicy) -> tuple[Service, str]:
@@ -146,8 +153,8 @@ WORLD_LABEL_PROMPTS = 500  # prompts the labeling page offers from a run's world
 
 def world_prompts_of_run(ckpt: str | Path) -> Path | None:
     """The world folder of the run the checkpoint sits in (`<run>/world/chat_train.jsonl`), if any."""
-    world = Path(ckpt).resolve().parent / "world"
-    return world if (world / "chat_train.jsonl").exists() else None
+    run = run_of_checkpoint(ckpt)
+    return run / "world" if run and (run / "world" / "chat_train.jsonl").exists() else None
 
 
 def label_store(args, tokenizer, context: int) -> LabelStore:
