@@ -77,7 +77,7 @@ def _run_round(cfg: RunConfig, out: Path, r: int, show_progress: bool) -> dict:
     figures = {"round": r, **_round_figures(label, rm, ppo)}
     f = {k: "n/a" if v is None else f"{v:+.3f}" for k, v in figures.items() if not isinstance(v, list)}
     print(f"[rounds] round {r}: reward model best-of-4 {f['rm_best_of_4_gold_gain']}; PPO gold gain "
-          f"{f['gold_gain_sampled']} (T=1), {f['gold_gain_greedy']} (greedy), KL to SFT {f['kl']}")
+          f"{f['gold_gain_sampled']} (T=1), {f['gold_gain_greedy']} (greedy), KL to SFT {f['kl'].lstrip('+')}")
     return figures
 
 
