@@ -68,3 +68,33 @@ def test_a_killed_second_round_resumes_to_the_uninterrupted_result(run_dir, tmp_
         assert (killed / "rounds" / "round_2" / name).read_bytes() == (round_2 / name).read_bytes(), name
     again = json.loads((killed / "rounds" / "summary.json").read_text())
     assert again["rounds"][1] == {**summary["rounds"][1]}
+
+
+def test_an_interrupted_round_keeps_the_steps_it_finished(run_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while round 2 trains its reward model: the rankings it gathered stay for the rerun
+    (the stage's rollback removes only a stage that saved nothing of its own)."""
+    import picochat.stages.rounds as rounds
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = _copy(run_dir, tmp_path / "run")
+    monkeypatch.setattr(rounds, "train_reward_model", interrupted)
+    assert main(["rounds", "--out", str(run), "--no-progress", *ROUNDS]) != 0
+    labels = run / "rounds" / "round_2" / "label"
+    assert (labels / "summary.json").exists() and len(read_preferences(labels / "preferences.jsonl")[0]) == 8
+    assert "kept to resume" in capsys.readouterr().err
+
+
+def test_a_nested_checkpoint_or_finished_part_is_a_stages_own_work(tmp_path):
+    from picochat.run.backup import has_own_work
+
+    stage = tmp_path / "rm"
+    (stage / "members" / "1").mkdir(parents=True)
+    assert not has_own_work(stage)
+    (stage / "members" / "1" / "checkpoint").mkdir()
+    assert has_own_work(stage)
+    rounds_dir = tmp_path / "rounds"
+    (rounds_dir / "round_2" / "rm").mkdir(parents=True)
+    (rounds_dir / "round_2" / "rm" / "summary.json").write_text("{}")
+    assert has_own_work(rounds_dir)

@@ -30,10 +30,17 @@ def aside_dir(stage_dir: Path) -> Path:
 
 def has_own_work(stage_dir: Path) -> bool:
     """Whether a stage directory holds work that took time and is not in a finished stage: a
-    checkpoint to resume from, or rankings already gathered (the label stage appends them)."""
-    if resolve_swapped_directory(stage_dir / "checkpoint") is not None:
-        return True
-    return any(p.stat().st_size > 0 for p in stage_dir.glob("preferences*.jsonl"))
+    checkpoint to resume from, rankings already gathered (the label stage appends them), or a
+    finished part of the stage (an ensemble's member, a later RLHF round's step), at any depth:
+    `rm/members/1/checkpoint` and `rounds/round_2/label/preferences.jsonl` count as the stage's own."""
+    for folder in [stage_dir, *(d for d in stage_dir.rglob("*") if d.is_dir())]:
+        if resolve_swapped_directory(folder / "checkpoint") is not None:
+            return True
+        if any(p.stat().st_size > 0 for p in folder.glob("preferences*.jsonl")):
+            return True
+        if folder != stage_dir and ((folder / "summary.json").exists() or (folder / "member.json").exists()):
+            return True
+    return False
 
 
 class StageBackup:
