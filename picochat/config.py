@@ -420,6 +420,7 @@ def _dpo_train_defaults() -> TrainConfig:
 
 
 RLHF_POLICY_STARTS = ("last", "sft")  # where each later round's PPO starts (picochat.stages.rounds)
+RLHF_LABELERS = ("auto", "people")  # who ranks a later round's answers
 
 
 @dataclass
@@ -434,12 +435,17 @@ class RLHFConfig:
     prompts: int = 1000  # train prompts ranked per later round, a fresh shuffle of the world's each round
     # last: PPO continues from the previous round's policy | sft: it starts again from the SFT model
     policy_start: str = "last"
+    # auto: the built-in labeler | people: the round waits until `prompts` prompts are ranked on the
+    # labeling page of `picochat serve` (into <out>/human_labels/round_<r>.jsonl; the stage says how)
+    labeler: str = "auto"
 
     def validate(self) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rlhf.rounds must be at least 1, got {self.rounds}")
         if self.prompts < 1:
             raise ConfigError(f"rlhf.prompts must be at least 1, got {self.prompts}")
+        if self.labeler not in RLHF_LABELERS:
+            raise ConfigError(f"rlhf.labeler must be one of {', '.join(RLHF_LABELERS)}, got {self.labeler!r}")
         if self.policy_start not in RLHF_POLICY_STARTS:
             raise ConfigError(f"rlhf.policy_start must be one of {', '.join(RLHF_POLICY_STARTS)}, "
                               f"got {self.policy_start!r}")

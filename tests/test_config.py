@@ -59,6 +59,7 @@ def test_frozen_world_section_can_be_overridden():
         ({"rm.ensemble_combine": "min"}, "rm.ensemble is 1: there are no members to combine"),
         ({"rlhf.rounds": 0}, "rlhf.rounds must be at least 1"),
         ({"rlhf.policy_start": "rm"}, "rlhf.policy_start must be one of last, sft"),
+        ({"rlhf.labeler": "crowd"}, "rlhf.labeler must be one of auto, people"),
         ({"rlhf.rounds": 2, "ppo.reward": "gold"}, "set ppo.reward=rm or rlhf.rounds=1"),
         ({"rlhf.rounds": 2, "rm.sources": ["x.jsonl"]}, "rm.sources is set"),
     ],

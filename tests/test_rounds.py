@@ -98,3 +98,22 @@ def test_a_nested_checkpoint_or_finished_part_is_a_stages_own_work(tmp_path):
     (rounds_dir / "round_2" / "rm").mkdir(parents=True)
     (rounds_dir / "round_2" / "rm" / "summary.json").write_text("{}")
     assert has_own_work(rounds_dir)
+
+
+def test_with_people_a_round_waits_for_their_rankings_then_goes_on(run_dir, tmp_path, capsys):
+    run = _copy(run_dir, tmp_path / "run")
+    args = [*ROUNDS, "rlhf.labeler=people"]
+    assert main(["rounds", "--out", str(run), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    wanted = run / "human_labels" / "round_2.jsonl"
+    assert f"waits for people: 0 of 8 prompts ranked in {wanted}" in err
+    assert f"picochat serve --ckpt {run / 'ppo'} --label-out {wanted}" in err
+    # people rank 8 prompts on the labeling page (here: rankings in the page's format)
+    records, _ = read_preferences(run / "label" / "preferences.jsonl")
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    wanted.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records[:9]))
+    assert main(["rounds", "--out", str(run), "--no-progress", *args]) == 0
+    copied, _ = read_preferences(run / "rounds" / "round_2" / "label" / "preferences.jsonl")
+    assert [(r.prompt, r.responses, r.ranking) for r in copied] == [(r.prompt, r.responses, r.ranking)
+                                                                    for r in records[:8]]
+    assert json.loads((run / "rounds" / "summary.json").read_text())["rounds"][1]["labeled_prompts"] == 8

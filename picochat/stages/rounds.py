@@ -2,7 +2,10 @@
 later round r, in `<out>/rounds/round_<r>/`:
 
 1. label/  the built-in labeler ranks K answers of the current policy (round r−1's) to
-           `rlhf.prompts` train prompts, a fresh shuffle of the world's each round;
+           `rlhf.prompts` train prompts, a fresh shuffle of the world's each round; or, with
+           `rlhf.labeler=people`, people rank them on the labeling page of `picochat serve`
+           (into <out>/human_labels/round_<r>.jsonl, outside the stage, so that redoing the
+           stage never deletes them) and the round waits until `rlhf.prompts` are ranked;
 2. rm/     a reward model (or ensemble) trained from rm.init on every ranking so far: round 1's,
            which are the SFT model's answers, then each later round's;
 3. ppo/    PPO against it, from the previous policy (`rlhf.policy_start=last`) or from the SFT
@@ -22,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from picochat.config import RunConfig
-from picochat.core.io import atomic_write_json
+from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.core.precision import default_device, resolve_precision
+from picochat.data.preferences import read_preferences
 from picochat.feedback.autolabel import label_prompts, world_label_prompts
 from picochat.layout import load_model_and_tokenizer, world_file
 from picochat.stages.ppo import train_policy
@@ -93,7 +97,14 @@ def _step(step_dir: Path, work: Callable[[], dict]) -> dict:
     return summary
 
 
+def human_labels_file(out: Path, r: int) -> Path:
+    """Where people's rankings for round r are gathered (`picochat serve --label-out`)."""
+    return Path(out) / "human_labels" / f"round_{r}.jsonl"
+
+
 def _label(cfg: RunConfig, out: Path, r: int, label_dir: Path, show_progress: bool) -> dict:
+    if cfg.rlhf.labeler == "people":
+        return _people_labels(cfg, out, r, label_dir)
     lcfg = cfg.label
     device = default_device()
     model, tokenizer, _ = load_model_and_tokenizer(policy_of_round(out, r - 1), device)
@@ -102,6 +113,27 @@ def _label(cfg: RunConfig, out: Path, r: int, label_dir: Path, show_progress: bo
     print(f"[rounds] ranking {lcfg.k} answers of round {r - 1}'s policy to each of {len(prompts)} train prompts")
     return label_prompts(model, tokenizer, scorer, prompts, label_dir / PREFERENCES, lcfg,
                          resolve_precision("auto", device), show_progress=show_progress)
+
+
+def _people_labels(cfg: RunConfig, out: Path, r: int, label_dir: Path) -> dict:
+    """The first rlhf.prompts rankings people gave on the labeling page, copied into the round; a
+    clear stop saying what to do while there are fewer."""
+    source = human_labels_file(out, r)
+    records, problems = read_preferences(source, skip_invalid=True) if source.exists() else ([], [])
+    ranked = [record for record in records if record.ranking is not None]
+    need = cfg.rlhf.prompts
+    if len(ranked) < need:
+        raise RuntimeError(
+            f"round {r} waits for people: {len(ranked)} of {need} prompts ranked in {source}. Rank answers of "
+            f"round {r - 1}'s policy on the labeling page: `picochat serve --ckpt {policy_of_round(out, r - 1)} "
+            f"--label-out {source}`, open http://127.0.0.1:8000/label, then run `picochat rounds --out {out}` "
+            "again (or set rlhf.labeler=auto for the built-in labeler)")
+    lines = [json.dumps(record.to_json(), ensure_ascii=False) for record in ranked[:need]]
+    atomic_write_text(label_dir / PREFERENCES, "\n".join(lines) + "\n")
+    print(f"[rounds] round {r}: {need} prompts ranked by people in {source}"
+          + (f" ({len(problems)} invalid lines skipped)" if problems else ""))
+    return {"stage": "label", "labeler": "people", "source": str(source), "n_prompts": need,
+            "n_invalid_records": len(problems)}
 
 
 def _round_figures(label: dict, rm: dict, ppo: dict) -> dict:
