@@ -89,3 +89,17 @@ def test_the_labeling_page_finds_the_run_of_a_later_rounds_policy(tmp_path):
     elsewhere.mkdir()
     assert world_prompts_of_run(elsewhere) is None
     assert default_label_out(elsewhere).name == "human_preferences.jsonl"
+
+
+def test_the_labeling_page_draws_the_world_prompts_as_the_runs_label_stage(tmp_path):
+    from picochat.cli.serve import run_task_mix
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_task_mix(run) == "natural"  # no config.yaml
+    (run / "config.yaml").write_text("label:\n  task_mix: even\n")
+    assert run_task_mix(run) == "even"
+    (run / "config.yaml").write_text("label:\n  k: 8\n")
+    assert run_task_mix(run) == "natural"
+    (run / "config.yaml").write_text("label: [broken\n")
+    assert run_task_mix(run) == "natural"

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from picochat.config import LABEL_TASK_MIXES, ConfigError, load_yaml
 from picochat.core.precision import default_device, resolve_precision
 from picochat.feedback.autolabel import world_label_prompts
 from picochat.layout import load_model_and_tokenizer
@@ -157,6 +158,17 @@ def world_prompts_of_run(ckpt: str | Path) -> Path | None:
     return run / "world" if run and (run / "world" / "chat_train.jsonl").exists() else None
 
 
+def run_task_mix(run: Path) -> str:
+    """The run's `label.task_mix` (its config.yaml), so the labeling page draws the world's prompts
+    as the run's label stage did; natural when the config does not say or cannot be read."""
+    try:
+        label = load_yaml(run / "config.yaml").get("label") or {}
+    except ConfigError:
+        return "natural"
+    mix = label.get("task_mix", "natural") if isinstance(label, dict) else "natural"
+    return mix if mix in LABEL_TASK_MIXES else "natural"
+
+
 def label_store(args, tokenizer, context: int) -> LabelStore:
     """The labeling queue: --label-prompts (those too long to answer are skipped), else the training
     prompts of the checkpoint's run's built-in world (the ones the label stage draws from), else
@@ -165,10 +177,11 @@ def label_store(args, tokenizer, context: int) -> LabelStore:
     if args.label_prompts:
         prompts = read_label_prompts(args.label_prompts, check=fits)
     elif (world := world_prompts_of_run(args.ckpt)) is not None:
-        drawn = world_label_prompts(world, "train", WORLD_LABEL_PROMPTS, seed=0)
+        task_mix = run_task_mix(world.parent)
+        drawn = world_label_prompts(world, "train", WORLD_LABEL_PROMPTS, seed=0, task_mix=task_mix)
         prompts = [messages for messages, _ in drawn if fits(messages) is None]
-        print(f"[serve] labeling page: {len(prompts)} prompts of the run's world ({world / 'chat_train.jsonl'}); "
-              "--label-prompts FILE to rank answers to your own")
+        print(f"[serve] labeling page: {len(prompts)} prompts of the run's world ({world / 'chat_train.jsonl'}, "
+              f"label.task_mix={task_mix}); --label-prompts FILE to rank answers to your own")
     else:
         prompts = []
     out = Path(args.label_out) if args.label_out else default_label_out(args.ckpt)
