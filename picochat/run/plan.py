@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from picochat.config import RunConfig
+from picochat.run.backup import has_own_work
 from picochat.run.estimate import estimate_seconds, fmt_seconds, measure_speeds
 from picochat.run.registry import STAGES, stage_status
 
@@ -36,7 +37,7 @@ def print_plan(cfg: RunConfig, out: Path, names: list[str]) -> dict[str, float |
         if n not in todo:
             what, when = "reuse", "-"
         else:
-            resume = (out / n / "checkpoint").exists() and status[n] == "todo"
+            resume = has_own_work(out / n) and status[n] == "todo"
             what = "resume" if resume else "redo" if status[n] == "stale" else "run"
             when = "seconds" if estimate[n] is None else ("at most " if resume else "~") + fmt_seconds(estimate[n])
         print(f"  {n:<10} {what:<7} {when}")
