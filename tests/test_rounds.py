@@ -31,7 +31,12 @@ def test_the_rounds_stage_is_in_a_run_only_with_later_rounds():
 
 
 def test_a_killed_second_round_resumes_to_the_uninterrupted_result(run_dir, tmp_path, capsys):
-    clean, killed = _copy(run_dir, tmp_path / "clean"), _copy(run_dir, tmp_path / "killed")
+    clean = _copy(run_dir, tmp_path / "clean")
+    # Reward models of 30 steps (round 2's as well), so that the kill below, at round 2's step 5,
+    # lands well inside its training however busy the machine is; PPO is redone on the new one.
+    assert main(["rm", "--out", str(clean), "--no-progress", "train.max_steps=30"]) == 0
+    assert main(["ppo", "--out", str(clean), "--no-progress"]) == 0
+    killed = _copy(clean, tmp_path / "killed")
     assert main(["rounds", "--out", str(clean), "--no-progress", *ROUNDS]) == 0
     summary = json.loads((clean / "rounds" / "summary.json").read_text())
     round_2 = clean / "rounds" / "round_2"
