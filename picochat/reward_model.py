@@ -156,13 +156,14 @@ class RewardEnsemble:
         return self.members[0].tokenizer
 
     def member_scores(self, prompts: list[list[dict] | None], responses: list[str],
-                      finished: list[bool] | None = None) -> torch.Tensor:
+                      finished: list[bool] | None = None, batch_size: int = 32) -> torch.Tensor:
         """(M, N) normalised scores, one row per member."""
-        return torch.tensor([m.score(prompts, responses, finished) for m in self.members])
+        return torch.tensor([m.score(prompts, responses, finished, batch_size) for m in self.members])
 
     def score(self, prompts: list[list[dict] | None], responses: list[str], finished: list[bool] | None = None,
               batch_size: int = 32, normalized: bool = True) -> list[float]:
-        combined = combine_member_scores(self.member_scores(prompts, responses, finished), self.combine, self.std_coef)
+        members = self.member_scores(prompts, responses, finished, batch_size)
+        combined = combine_member_scores(members, self.combine, self.std_coef)
         return (combined * self.gain + self.bias if normalized else combined).tolist()
 
 

@@ -72,14 +72,14 @@ def train_reward_model(cfg: RunConfig, out: Path, stage_dir: Path, show_progress
         **first["figures"],
     }
     if rcfg.ensemble == 1:
-        test_scores, gain, bias = first["test_scores"], first["gain"], first["bias"]
+        held_out, gain, bias = first["held_out"], first["gain"], first["bias"]
     else:
         test_scores, gain, bias = _write_ensemble(rcfg, stage_dir, members)
-        summary["members"] = [{"seed": m["seed"], **m["held_out"]} for m in members]
+        held_out = _held_out_metrics(data, test_scores, gain, bias)
+        summary["members"] = [{"seed": m["seed"], **_member_figures(m["held_out"])} for m in members]
         summary["ensemble"] = {"combine": rcfg.ensemble_combine, "std_coef": rcfg.ensemble_std_coef}
         summary["train_wall_s"] = sum(m["figures"]["train_wall_s"] for m in members)
-    return {**summary, **_held_out_metrics(data, test_scores, gain, bias),
-            "normalization": {"gain": gain, "bias": bias}, "wall_s": time.perf_counter() - t0}
+    return {**summary, **held_out, "normalization": {"gain": gain, "bias": bias}, "wall_s": time.perf_counter() - t0}
 
 
 def member_dir(stage_dir: Path, index: int) -> Path:
@@ -121,15 +121,14 @@ def _train_member(rcfg: RMConfig, index: int, init_dir: Path, data: RMData, out_
     })
     member = {"seed": tcfg.seed, "figures": result.figures(), "gain": gain, "bias": bias,
               "train_scores": train_scores, "test_scores": test_scores,
-              "held_out": _member_summary(data, test_scores, gain, bias)}
+              "held_out": _held_out_metrics(data, test_scores, gain, bias)}
     atomic_write_json(done, member)
     return member
 
 
-def _member_summary(data: RMData, test_scores: list[list[float]], gain: float, bias: float) -> dict:
-    """The held-out figures the report shows for each ensemble member."""
-    metrics = _held_out_metrics(data, test_scores, gain, bias)
-    return {k: v for k, v in metrics.items()
+def _member_figures(held_out: dict) -> dict:
+    """Of a member's held-out metrics, those the report shows for each ensemble member."""
+    return {k: v for k, v in held_out.items()
             if k in ("pair_accuracy", "gold_pair_accuracy") or (k.startswith("best_of_") and k.endswith("_gain"))}
 
 
