@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from picochat.config import LABEL_TASK_MIXES, ConfigError, load_yaml
+from picochat.config import ConfigError, build_config
 from picochat.core.precision import default_device, resolve_precision
 from picochat.feedback.autolabel import world_label_prompts
 from picochat.layout import load_model_and_tokenizer
@@ -162,11 +162,9 @@ def run_task_mix(run: Path) -> str:
     """The run's `label.task_mix` (its config.yaml), so the labeling page draws the world's prompts
     as the run's label stage did; natural when the config does not say or cannot be read."""
     try:
-        label = load_yaml(run / "config.yaml").get("label") or {}
+        return build_config(preset=None, base_file=run / "config.yaml").label.task_mix
     except ConfigError:
         return "natural"
-    mix = label.get("task_mix", "natural") if isinstance(label, dict) else "natural"
-    return mix if mix in LABEL_TASK_MIXES else "natural"
 
 
 def label_store(args, tokenizer, context: int) -> LabelStore:
