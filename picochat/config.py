@@ -431,7 +431,9 @@ class RLHFConfig:
     the reward model on every ranking so far (rm.*) and runs PPO again (ppo.*), always with the KL
     to the SFT model."""
 
-    rounds: int = 1  # 1: no later rounds (the rounds stage is left out of the run)
+    # 1: no later rounds (the rounds stage is left out of the run); raising it later runs on from
+    # the rounds already finished
+    rounds: int = 1
     prompts: int = 1000  # train prompts ranked per later round, a fresh shuffle of the world's each round
     # last: PPO continues from the previous round's policy | sft: it starts again from the SFT model
     policy_start: str = "last"

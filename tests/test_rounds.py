@@ -74,6 +74,24 @@ def test_a_killed_second_round_resumes_to_the_uninterrupted_result(run_dir, tmp_
     again = json.loads((killed / "rounds" / "summary.json").read_text())
     assert again["rounds"][1] == {**summary["rounds"][1]}
 
+    # A third round goes on from the two finished ones instead of starting the stage over ...
+    round_2_models = {n: (round_2 / n).read_bytes() for n in ("rm/model.safetensors", "ppo/model.safetensors")}
+    capsys.readouterr()
+    assert main(["rounds", "--out", str(clean), "--no-progress", "rlhf.rounds=3", "rlhf.prompts=8"]) == 0
+    out = capsys.readouterr().out
+    assert "starting this stage over" not in out
+    assert all(f"round_2/{step} already complete" in out for step in ("label", "rm", "ppo"))
+    three = json.loads((clean / "rounds" / "summary.json").read_text())
+    assert [r["round"] for r in three["rounds"]] == [1, 2, 3] and three["rounds"][1] == summary["rounds"][1]
+    round_3 = clean / "rounds" / "round_3"
+    assert three["policy"] == str(round_3 / "ppo")
+    assert json.loads((round_3 / "ppo" / "config.json").read_text())["init"] == str(round_2 / "ppo")
+    assert {n: (round_2 / n).read_bytes() for n in round_2_models} == round_2_models
+    # ... and going back to two rounds ends the stage at round 2, without training anything
+    assert main(["rounds", "--out", str(clean), "--no-progress", *ROUNDS]) == 0
+    assert json.loads((clean / "rounds" / "summary.json").read_text())["policy"] == str(round_2 / "ppo")
+    assert "round_2/ppo already complete" in capsys.readouterr().out
+
 
 def test_an_interrupted_round_keeps_the_steps_it_finished(run_dir, tmp_path, capsys, monkeypatch):
     """Ctrl-C while round 2 trains its reward model: the rankings it gathered stay for the rerun

@@ -64,6 +64,10 @@ def stage_fingerprint(name: str, cfg: RunConfig) -> str:
     stage = STAGES[name]
     d = cfg.to_dict()
     parts = {s: d[s] for s in stage.sections}
+    if name == "rounds":
+        # Round r depends on the rounds before it, not on how many follow: more rounds extend the
+        # stage, fewer end it sooner, and the finished rounds are reused (see stage_status).
+        parts["rlhf"] = {k: v for k, v in parts["rlhf"].items() if k != "rounds"}
     for section, added in ADDED_SETTINGS.items():
         if section in parts:
             parts[section] = {k: v for k, v in parts[section].items() if k not in added or v != added[k]}
@@ -123,4 +127,9 @@ def stage_status(name: str, cfg: RunConfig, out: Path) -> str:
         return "stale" if stage_dir.exists() and any(stage_dir.iterdir()) else "todo"
     if json.loads(marker.read_text())["fingerprint"] != stage_fingerprint(name, cfg):
         return "stale"
-    return "done" if (stage_dir / "summary.json").exists() else "todo"
+    summary = stage_dir / "summary.json"
+    if not summary.exists():
+        return "todo"
+    if name == "rounds" and len(json.loads(summary.read_text())["rounds"]) != cfg.rlhf.rounds:
+        return "todo"  # another number of rounds: run on, reusing each round finished before
+    return "done"

@@ -13,7 +13,9 @@ later round r, in `<out>/rounds/round_<r>/`:
 
 Each step writes summary.json when it is complete, and a killed stage resumes at the first step
 without one (a killed training step from its checkpoint; a killed labeling from its last
-labeled prompt). Under torchrun the rounds run in rank 0.
+labeled prompt). Round r depends on the rounds before it and not on `rlhf.rounds`, which is left
+out of the stage's fingerprint: raising it runs on from the rounds already finished. Under torchrun
+the rounds run in rank 0.
 """
 
 from __future__ import annotations
