@@ -9,7 +9,8 @@ A run directory `<out>/` holds one directory per stage, in this order:
     label/       preferences.jsonl, preferences_test.jsonl
     rounds/      round_<r>/label, rm, ppo: later RLHF rounds (rlhf.rounds > 1)
 
-and config.yaml, report.md, report/ and plots/ beside them. Each stage also writes stage.json (its
+and config.yaml, report.md, report/, plots/ and cache/answers/ (answers a model gave to held-out
+prompts, which later stages read instead of sampling them again) beside them. Each stage also writes stage.json (its
 fingerprint) and summary.json (complete). Code that needs one of these paths asks here.
 
 A *model setting* (`sft.init`, `ppo.reward_model`, `--ckpt`, ...) is a stage name of this run, a
@@ -38,6 +39,11 @@ def world_file(out: Path) -> Path:
 
 def tokenizer_file(out: Path) -> Path:
     return Path(out) / "tokenizer" / "tokenizer.json"
+
+
+def answer_cache_dir(out: Path) -> Path:
+    """Where a run keeps the answers its evaluations sampled (`picochat.eval.answer_cache`)."""
+    return Path(out) / "cache" / "answers"
 
 
 def stage_reference(value: str, default: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +20,7 @@ from picochat.core.generate import SamplingConfig, generate
 from picochat.core.model import GPT
 from picochat.core.precision import autocast
 from picochat.core.tokenizer import Tokenizer
+from picochat.eval.answer_cache import AnswerCache, weights_digest
 
 
 def answer_prompts(
@@ -30,10 +32,24 @@ def answer_prompts(
     batch_size: int = 64,
     show_progress: bool = False,
     desc: str = "answering",
+    cache: tuple[AnswerCache, str] | None = None,
 ) -> list[tuple[str, bool]]:
-    """(response text, finished) for every prompt; finished = the model emitted its end token."""
+    """(response text, finished) for every prompt; finished = the model emitted its end token.
+
+    cache: (an AnswerCache, the model's weights_digest): answers it holds for exactly this call
+    are read instead of sampled again, and new ones are stored."""
     ids = [render_prompt(tokenizer, p) for p in prompts]
-    return answer_token_prompts(model, tokenizer, ids, sampling, precision, batch_size, show_progress, desc)
+    if cache is None:
+        return answer_token_prompts(model, tokenizer, ids, sampling, precision, batch_size, show_progress, desc)
+    store, digest = cache
+    key = store.key(model, digest, ids, sampling, precision, batch_size)
+    answers = store.get(key, len(ids))
+    if answers is not None:
+        print(f"{desc}: the same answers as before, read from {store.directory}")
+        return answers
+    answers = answer_token_prompts(model, tokenizer, ids, sampling, precision, batch_size, show_progress, desc)
+    store.put(key, answers)
+    return answers
 
 
 def answer_token_prompts(
@@ -85,8 +101,13 @@ def evaluate_gold(
     seed: int = 0,
     show_progress: bool = False,
     label: str = "model",
+    cache_dir: Path | None = None,
 ) -> dict:
-    """Gold scores of greedy answers and of `n_samples` samples at T=1 on `examples` (ChatExample)."""
+    """Gold scores of greedy answers and of `n_samples` samples at T=1 on `examples` (ChatExample).
+
+    cache_dir: an AnswerCache directory; answers this model gave before to the same prompts with
+    the same settings are read from it instead of sampled again (the SFT model's, which the SFT,
+    PPO and DPO stages all evaluate)."""
     longest_prompt = max(len(render_prompt(tokenizer, e.prompt())) for e in examples)
     max_new = min(max_new_tokens, model.cfg.max_seq_len - longest_prompt)
     if max_new < 1:
@@ -95,8 +116,9 @@ def evaluate_gold(
     tasks = [e.task for e in examples]
     langs = [e.lang for e in examples]
 
+    cache = (AnswerCache(cache_dir), weights_digest(model)) if cache_dir is not None else None
     greedy = answer_prompts(model, tokenizer, prompts, SamplingConfig(max_new_tokens=max_new, temperature=0.0),
-                            precision, show_progress=show_progress, desc=f"{label}: greedy")
+                            precision, show_progress=show_progress, desc=f"{label}: greedy", cache=cache)
     greedy_scores = [scorer.score(p, text, finished=fin) for p, (text, fin) in zip(prompts, greedy)]
     result = {
         "n_prompts": len(examples),
@@ -108,7 +130,8 @@ def evaluate_gold(
     if n_samples > 0:
         sampled = answer_prompts(model, tokenizer, prompts * n_samples,
                                  SamplingConfig(max_new_tokens=max_new, temperature=1.0, seed=seed),
-                                 precision, show_progress=show_progress, desc=f"{label}: T=1 samples")
+                                 precision, show_progress=show_progress, desc=f"{label}: T=1 samples",
+                                 cache=cache)
         per_sample = [scorer.score(p, text, finished=fin) for p, (text, fin) in zip(prompts * n_samples, sampled)]
         n = len(prompts)
         per_prompt = [[per_sample[k * n + i] for k in range(n_samples)] for i in range(n)]

@@ -67,11 +67,14 @@ def compare_on_gold(
     kl_samples: int = 1,
     show_progress: bool = False,
     samples_file: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> GoldComparison:
     """Gold scores of `policy` and of the model it started from on `examples`, the KL between
-    them, and (when `samples_file` is given) their greedy answers side by side in markdown."""
+    them, and (when `samples_file` is given) their greedy answers side by side in markdown.
+    cache_dir: answers either model gave before with these settings are read from there
+    (`evaluate_gold`): the starting model's, when an earlier stage evaluated it the same way."""
     kwargs = dict(precision=precision, max_new_tokens=max_new_tokens, n_samples=n_samples, seed=seed,
-                  show_progress=show_progress)
+                  show_progress=show_progress, cache_dir=cache_dir)
     after = evaluate_gold(policy, tokenizer, examples, scorer, label=label, **kwargs)
     before = evaluate_gold(start, tokenizer, examples, scorer, label=start_label, **kwargs)
     if samples_file is not None:

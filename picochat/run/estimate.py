@@ -30,7 +30,7 @@ from picochat.core.model import GPT, lm_loss
 from picochat.core.precision import autocast, default_device, resolve_precision
 from picochat.core.tokenizer import Tokenizer
 from picochat.eval.sharpened import SHARPENING_TEMPERATURES
-from picochat.layout import tokenizer_file
+from picochat.layout import stage_reference, tokenizer_file
 from picochat.world import read_chat_examples
 
 SAMPLE_ROWS = 64  # rows per sampling batch of the evaluations (picochat.eval.gold_eval.answer_prompts)
@@ -142,6 +142,15 @@ def _gold_eval_steps(n_prompts: int, n_samples: int, max_new: int, n_models: int
     return n_models * batches * max_new
 
 
+def _evaluates_sft_as_sft_does(cfg: RunConfig, stage: str) -> bool:
+    """Whether PPO or DPO evaluates the SFT model exactly as the SFT stage did (prompts, samples,
+    answer length, seed): it then reads those answers from the run's answer cache."""
+    s, c = cfg.sft, getattr(cfg, stage)
+    same = (s.eval_prompts, s.eval_samples, s.eval_max_new_tokens, s.train.seed, s.train.precision) == \
+        (c.eval_prompts, c.eval_samples, c.eval_max_new_tokens, c.train.seed, c.train.precision)
+    return same and stage_reference(c.init, "sft") == "sft"
+
+
 def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
     """The work of one stage under this config (None: world and tokenizer, which take seconds)."""
     if name == "pretrain":
@@ -182,7 +191,8 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
                              sample_steps=p.max_new_tokens * max(1.0, answers / SAMPLE_ROWS))
         # with your own prompts the evaluation samples answers of the rollout length (ppo.eval_* in config.py)
         eval_new = p.max_new_tokens if p.prompts else p.eval_max_new_tokens
-        evals = _gold_eval_steps(p.eval_prompts, p.eval_samples, eval_new, 2) \
+        models = 1 if _evaluates_sft_as_sft_does(cfg, "ppo") and not p.prompts else 2  # policy (+ SFT)
+        evals = _gold_eval_steps(p.eval_prompts, p.eval_samples, eval_new, models) \
             + _gold_eval_steps(p.eval_prompts, 0, eval_new, 1)  # + KL samples
         return Work(per_iteration.train_tokens * p.iterations, per_iteration.forward_tokens * p.iterations,
                     per_iteration.sample_steps * p.iterations + evals)
@@ -191,7 +201,8 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
         t = d.train
         pair_tokens = t.max_steps * t.batch_size * t.grad_accum_steps * 2 * chat_tokens
         # the reference pass scores the rows the batches draw (at most pair_tokens' worth)
-        gold = 0.0 if d.sources else _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, 2)
+        models = 1 if _evaluates_sft_as_sft_does(cfg, "dpo") else 2  # policy (+ SFT)
+        gold = 0.0 if d.sources else _gold_eval_steps(d.eval_prompts, d.eval_samples, d.eval_max_new_tokens, models)
         evals = gold + _gold_eval_steps(d.eval_prompts, d.kl_samples - 1, d.eval_max_new_tokens, 1)  # + KL samples
         return Work(train_tokens=pair_tokens, forward_tokens=pair_tokens, sample_steps=evals)
     if name == "rounds":

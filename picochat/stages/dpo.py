@@ -13,7 +13,7 @@ from picochat.core.precision import default_device, resolve_precision
 from picochat.data.preferences import prompt_key
 from picochat.eval.kl import sampled_kl
 from picochat.eval.policy_eval import compare_on_gold, kl_summary, world_test_examples
-from picochat.layout import load_model, load_model_and_tokenizer, model_location, world_file
+from picochat.layout import answer_cache_dir, load_model, load_model_and_tokenizer, model_location, world_file
 from picochat.train.dpo import (
     all_row_logprobs,
     dpo_batch,
@@ -133,7 +133,8 @@ def _after_training_evals(cfg, out, model, tokenizer, records, init_dir, device,
             model, reference, tokenizer, world_test_examples(out, dcfg.eval_prompts),
             GoldScorer(read_world(world_file(out))[0]), label="dpo", start_label="reference", precision=precision,
             max_new_tokens=dcfg.eval_max_new_tokens, n_samples=dcfg.eval_samples, seed=dcfg.train.seed,
-            kl_samples=dcfg.kl_samples, show_progress=show_progress, samples_file=stage_dir / "samples.md")
+            kl_samples=dcfg.kl_samples, show_progress=show_progress, samples_file=stage_dir / "samples.md",
+            cache_dir=answer_cache_dir(out))
         for ex in comparison.after["examples"][:6]:
             print(f"  user: {ex['prompt']}\n  dpo:  {ex['answer']}   (gold {ex['score']:.2f})")
         # gold_score_sft and gold_sft hold the reference model's scores: DPO's reference is the

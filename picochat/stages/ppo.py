@@ -15,7 +15,7 @@ from picochat.core.tokenizer import EOT
 from picochat.eval.kl import sampled_kl
 from picochat.eval.policy_eval import compare_on_gold, world_test_examples
 from picochat.eval.reward_eval import compare_rewards, evaluate_reward, reward_summary, samples_markdown
-from picochat.layout import stage_reference
+from picochat.layout import answer_cache_dir, stage_reference
 from picochat.train.ppo import PPOTrainer
 
 
@@ -91,7 +91,7 @@ def evaluate_policy(cfg: RunConfig, out: Path, trainer: PPOTrainer, label: str, 
     comparison = compare_on_gold(
         trainer.policy, trainer.reference, trainer.tokenizer, examples, trainer.gold, label=label, start_label="sft",
         precision=trainer.precision, max_new_tokens=pcfg.eval_max_new_tokens, n_samples=k, seed=pcfg.train.seed,
-        show_progress=show_progress, samples_file=trainer.stage_dir / "samples.md")
+        show_progress=show_progress, samples_file=trainer.stage_dir / "samples.md", cache_dir=answer_cache_dir(out))
     after, before = comparison.after, comparison.before
     prompts = [e.prompt() for e in examples]
 

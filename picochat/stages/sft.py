@@ -19,7 +19,7 @@ from picochat.data.chat_data import iter_conversations
 from picochat.data.shards import is_val_document
 from picochat.data.sources import resolve_sources
 from picochat.eval.gold_eval import answer_prompts, evaluate_gold, gold_summary, held_out_subset
-from picochat.layout import load_model, load_model_and_tokenizer, model_location, world_file
+from picochat.layout import answer_cache_dir, load_model, load_model_and_tokenizer, model_location, world_file
 from picochat.train.sft import IGNORE, make_val_loss, sft_batch, tokenize_conversations
 from picochat.train.trainer import Trainer
 from picochat.world import GoldScorer, read_chat_examples, read_world
@@ -141,7 +141,7 @@ def _gold_summary(cfg, out, model, tokenizer, held_out, init_dir, device, precis
     scorer = GoldScorer(world)
     examples = held_out_subset(held_out, scfg.eval_prompts)
     kwargs = dict(precision=precision, max_new_tokens=scfg.eval_max_new_tokens, n_samples=scfg.eval_samples,
-                  seed=cfg.sft.train.seed, show_progress=show_progress)
+                  seed=cfg.sft.train.seed, show_progress=show_progress, cache_dir=answer_cache_dir(out))
     after = evaluate_gold(model, tokenizer, examples, scorer, label="sft", **kwargs)
     base_model, _ = load_model(init_dir, device)
     before = evaluate_gold(base_model, tokenizer, examples, scorer, label="pretrained", **kwargs)
