@@ -179,13 +179,16 @@ class KVCache:
         # `stacked_weight`); only valid while they do not change, e.g. during one `generate` call.
         # Caches may share one dict (cache.packed = other.packed), e.g. per-step views of a batch.
         self.packed: dict | None = {} if pack_weights else None
+        # Uninitialised, not zeros: a slot is read only once a forward has written it (attention
+        # covers slots [0, length + T)), and zeroing a batch's whole cache cost a pass over memory
+        # as large as the cache itself (377 MB for the labeling stage's 512 rows).
         if device is not None or dtype is not None:
-            self.kv = torch.zeros(self.shape, device=device, dtype=dtype or torch.float32)
+            self.kv = torch.empty(self.shape, device=device, dtype=dtype or torch.float32)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's k, v (B, Hkv, T, D) for `layer`; return all keys/values so far."""
         if self.kv is None:
-            self.kv = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.kv = torch.empty(self.shape, device=k.device, dtype=k.dtype)
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KVCache is full: {end} positions needed but max_len is {self.max_len}")
@@ -199,9 +202,11 @@ class KVCache:
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (a 1-D index), in this order: rows that finished generating
         stop costing compute."""
-        if self.kv is not None:
-            self.kv = self.kv.index_select(2, rows)
         self.shape = (*self.shape[:2], len(rows), *self.shape[3:])
+        if self.kv is not None:  # only the slots written so far are worth copying
+            kept = torch.empty(self.shape, device=self.kv.device, dtype=self.kv.dtype)
+            torch.index_select(self.kv[..., : self.length, :], 2, rows, out=kept[..., : self.length, :])
+            self.kv = kept
 
     def reset(self) -> None:
         self.length = 0
