@@ -35,7 +35,7 @@ from picochat.core.checkpoint import load_checkpoint_state, load_weights, save_c
 from picochat.core.io import MetricsLog
 from picochat.core.model import GPT
 from picochat.core.precision import autocast, measured_matmul_peak_flops, peak_memory_bytes, resolve_precision
-from picochat.train.compiled import CompiledCall
+from picochat.train.compiled import CompiledCall, DeterministicKernels
 from picochat.train.contention import StepTimeWatch
 
 Batch = dict[str, torch.Tensor]
@@ -324,6 +324,7 @@ class Trainer:
         stopping = False  # agreed by all processes, so they leave the loop at the same step
         last_loss = float("nan")
         stop = GracefulInterrupt()
+        deterministic = DeterministicKernels(cfg.compile and self.device.type == "cpu")
         try:
             while self.step < cfg.max_steps and not stopping:
                 t_step = time.perf_counter()
@@ -348,6 +349,7 @@ class Trainer:
                 bar.write(f"[{self.stage}] interrupted at step {self.step}: checkpoint saved; "
                           "rerun the same command to resume")
         finally:
+            deterministic.restore()
             stop.restore()
             watch.restore()
             bar.close()
