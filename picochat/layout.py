@@ -41,6 +41,16 @@ def tokenizer_file(out: Path) -> Path:
     return Path(out) / "tokenizer" / "tokenizer.json"
 
 
+def round_dir(out: Path, r: int) -> Path:
+    """A later RLHF round's directory (r >= 2): label/, rm/ and ppo/ of that round."""
+    return Path(out) / "rounds" / f"round_{r}"
+
+
+def policy_of_round(out: Path, r: int) -> Path:
+    """The RL policy round r ended with: the ppo stage's for round 1."""
+    return Path(out) / "ppo" if r == 1 else round_dir(out, r) / "ppo"
+
+
 def answer_cache_dir(out: Path) -> Path:
     """Where a run keeps the answers its evaluations sampled (`picochat.eval.answer_cache`)."""
     return Path(out) / "cache" / "answers"

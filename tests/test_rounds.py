@@ -14,7 +14,8 @@ from picochat.cli.main import main
 from picochat.config import build_config
 from picochat.data.preferences import read_preferences
 from picochat.report.collect import read_run
-from picochat.report.markdown import rounds_section
+from picochat.report.compare import compare_models
+from picochat.report.markdown import before_after_section, rounds_section
 from picochat.run.registry import run_stages
 
 ROUNDS = ["rlhf.rounds=2", "rlhf.prompts=8"]
@@ -91,6 +92,13 @@ def test_a_killed_second_round_resumes_to_the_uninterrupted_result(run_dir, tmp_
     assert main(["rounds", "--out", str(clean), "--no-progress", *ROUNDS]) == 0
     assert json.loads((clean / "rounds" / "summary.json").read_text())["policy"] == str(round_2 / "ppo")
     assert "round_2/ppo already complete" in capsys.readouterr().out
+
+    # The report's before/after compares the last round's policy with the run's other models
+    cfg = build_config(preset=None, base_file=clean / "config.yaml", overrides={"report.best_of_n_prompts": 0})
+    comparison = compare_models(cfg, clean, show_progress=False)
+    assert list(comparison["models"]) == ["pretrain", "sft", "ppo", "rounds", "dpo"]
+    section = "\n".join(before_after_section(read_run(clean), comparison))
+    assert "\n| PPO, last round |" in section and "\n| PPO, last round − SFT |" in section
 
 
 def test_an_interrupted_round_keeps_the_steps_it_finished(run_dir, tmp_path, capsys, monkeypatch):

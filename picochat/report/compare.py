@@ -1,7 +1,8 @@
 """The before/after comparison: every model of a run answers the same held-out prompts.
 
-The pretrained, SFT, PPO and DPO models each answer one shared set of held-out prompts, greedily and
-with one sample at temperature 1 (the distribution RLHF optimises). Every answer is scored by the
+The pretrained, SFT, PPO and DPO models (and the last RLHF round's policy, with rlhf.rounds > 1)
+each answer one shared set of held-out prompts, greedily and with one sample at temperature 1 (the
+distribution RLHF optimises). Every answer is scored by the
 run's reward model and, on the built-in world, by the gold scorer. The per-prompt results go to
 `<out>/report/compare.json` and are reused while the models, the reward model and the report config
 are unchanged, so `picochat report` regenerates the text and plots in seconds.
@@ -32,13 +33,15 @@ from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import read_preferences
 from picochat.eval.gold_eval import answer_prompts
 from picochat.eval.sharpened import SHARPENING_TEMPERATURES, sharpened_gold
-from picochat.layout import MODEL_STAGES, load_model, model_tokenizer, world_file
+from picochat.layout import MODEL_STAGES, load_model, model_tokenizer, policy_of_round, world_file
 from picochat.reward_model import load_reward_model
 from picochat.train.sft import held_out_subset
 from picochat.world import GoldScorer, read_chat_examples, read_world
 from picochat.world.text import CJK
 
-MODEL_NAMES = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO", "dpo": "DPO"}
+# The models compared, in the tables' order: the model stages, and with rlhf.rounds > 1 the last
+# round's PPO policy (`rounds`, which lives in the rounds stage's round_<r>/ppo).
+MODEL_NAMES = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO", "rounds": "PPO, last round", "dpo": "DPO"}
 DECODINGS = {"sampled": 1.0, "greedy": 0.0}  # name -> temperature
 
 
@@ -79,11 +82,9 @@ def answer_room(cfg: RunConfig, out: Path):
     answer the prompt with report.max_new_tokens of room (long public prompts, e.g. HH-RLHF
     dialogues, would otherwise leave the whole batch no room). None when no model is finished."""
     limits = []
-    for m in MODEL_STAGES:
-        if _stage_fingerprint(out / m) is None:
-            continue
-        model_cfg, _ = read_model_config(out / m)
-        limits.append((Tokenizer.load(out / m / TOKENIZER_FILE), model_cfg.max_seq_len - cfg.report.max_new_tokens))
+    for model_dir in compared_models(out).values():
+        model_cfg, _ = read_model_config(model_dir)
+        limits.append((Tokenizer.load(model_dir / TOKENIZER_FILE), model_cfg.max_seq_len - cfg.report.max_new_tokens))
     if not limits:
         return None
     return lambda messages: all(len(render_prompt(tok, messages)) <= limit for tok, limit in limits)
@@ -101,12 +102,27 @@ def _stage_fingerprint(stage_dir: Path) -> str | None:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
+def compared_models(out: Path) -> dict[str, Path]:
+    """{name in MODEL_NAMES: model directory} of the run's finished models: the model stages', and
+    the last RLHF round's policy when the rounds stage ran later rounds."""
+    models = {m: out / m for m in MODEL_STAGES if _stage_fingerprint(out / m) is not None}
+    rounds = out / "rounds" / "summary.json"
+    if rounds.exists():
+        summary = json.loads(rounds.read_text(encoding="utf-8"))
+        last = policy_of_round(out, len(summary.get("rounds", [])))
+        if len(summary.get("rounds", [])) > 1 and _stage_fingerprint(last) is not None:
+            models["rounds"] = last
+    return {m: models[m] for m in MODEL_NAMES if m in models}
+
+
 def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt]) -> dict:
     blob = json.dumps([asdict(p) for p in prompts], sort_keys=True, ensure_ascii=False)
+    later = compared_models(out).get("rounds")  # in the key only when there is one: earlier keys stay valid
     return {
         "report": {k: v for k, v in asdict(cfg.report).items()
                    if k in ("eval_prompts", "max_new_tokens", "seed", "best_of_n_prompts", "best_of_n")},
-        "models": {m: _stage_fingerprint(out / m) for m in MODEL_STAGES},
+        "models": {m: _stage_fingerprint(out / m) for m in MODEL_STAGES}
+        | ({"rounds": f"{later.relative_to(out)}:{_stage_fingerprint(later)}"} if later else {}),
         "reward_model": _stage_fingerprint(out / "rm"),
         "gold": world_file(out).exists(),
         "sharpened": list(SHARPENING_TEMPERATURES),
@@ -129,7 +145,7 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
             return cached
     t0 = time.perf_counter()
     result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
-    models = [m for m in MODEL_STAGES if key["models"][m] is not None]
+    models = compared_models(out)
     n_best = min(cfg.report.best_of_n_prompts, len(prompts)) if key["models"]["sft"] is not None and key["gold"] else 0
     if (prompts and models) or n_best:
         result |= _with_report_threads(cfg, lambda device, precision: _answer_and_score(
@@ -204,10 +220,11 @@ def _best_of_n_samples(cfg, model, tokenizer, prompts, reward, gold, precision, 
 
 
 def _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precision, show_progress) -> dict:
+    """models: {name: model directory} (`compared_models`)."""
     messages = [p.messages for p in prompts]
     results: dict[str, dict] = {}
-    for name in models:
-        model, meta = load_model(out / name, device)
+    for name, model_dir in models.items():
+        model, meta = load_model(model_dir, device)
         tokenizer = model_tokenizer(meta)
         longest = max(len(render_prompt(tokenizer, m)) for m in messages)
         max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)

@@ -236,7 +236,7 @@ def headline_section(run: RunFiles, comparison: dict) -> list[str]:
         for score, name in (("gold", "Gold score"), ("rm", "Reward-model score")):
             parts = [f"{MODEL_NAMES[m]} {fmt(score_stats(comparison, m, 'sampled')[score]['mean'])}" for m in models]
             lines.append(f"- {name} of T=1 answers to {n} held-out prompts (mean): " + ", ".join(parts) + ".")
-        for m in ("ppo", "dpo"):
+        for m in ("ppo", "rounds", "dpo"):
             if m in models and "sft" in models:
                 lines.append(f"- {MODEL_NAMES[m]} against SFT on the same prompts: gold "
                              f"{_gain(_paired(comparison, m, 'sft', 'gold'))}, "

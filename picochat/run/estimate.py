@@ -216,7 +216,7 @@ def stage_work(name: str, cfg: RunConfig, chat_tokens: float) -> Work | None:
                     later * (labeled * label.sample_steps + ppo.sample_steps))
     if name == "report":
         r = cfg.report
-        compare = _gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4)
+        compare = _gold_eval_steps(r.eval_prompts, 1, r.max_new_tokens, 4 + (cfg.rlhf.rounds > 1))  # + last round
         # the SFT model's best-of-n samples, and its answers at each lower temperature with their KL
         n_best = min(r.best_of_n_prompts, r.eval_prompts)
         best_of_n = math.ceil(n_best * r.best_of_n / SAMPLE_ROWS) * r.max_new_tokens if n_best else 0.0

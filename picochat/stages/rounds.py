@@ -31,22 +31,13 @@ from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.core.precision import default_device, resolve_precision
 from picochat.data.preferences import read_preferences
 from picochat.feedback.autolabel import label_prompts, world_label_prompts
-from picochat.layout import load_model_and_tokenizer, world_file
+from picochat.layout import load_model_and_tokenizer, policy_of_round, round_dir, world_file
 from picochat.stages.ppo import train_policy
 from picochat.stages.rm import train_reward_model
 from picochat.train.ppo import PPOTrainer
 from picochat.world import GoldScorer, read_world
 
 PREFERENCES = "preferences.jsonl"
-
-
-def round_dir(out: Path, r: int) -> Path:
-    return Path(out) / "rounds" / f"round_{r}"
-
-
-def policy_of_round(out: Path, r: int) -> Path:
-    """The RL policy round r ended with: the ppo stage's for round 1."""
-    return Path(out) / "ppo" if r == 1 else round_dir(out, r) / "ppo"
 
 
 def run(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
