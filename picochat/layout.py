@@ -10,8 +10,9 @@ A run directory `<out>/` holds one directory per stage, in this order:
     rounds/      round_<r>/label, rm, ppo: later RLHF rounds (rlhf.rounds > 1)
 
 and config.yaml, report.md, report/, plots/ and cache/answers/ (answers a model gave to held-out
-prompts, which later stages read instead of sampling them again) beside them. Each stage also writes stage.json (its
-fingerprint) and summary.json (complete). Code that needs one of these paths asks here.
+prompts, which later stages read instead of sampling them again) beside them. Each stage also
+writes stage.json (its fingerprint) and summary.json (complete). Code that needs one of these
+paths asks here.
 
 A *model setting* (`sft.init`, `ppo.reward_model`, `--ckpt`, ...) is a stage name of this run, a
 model or stage directory, or `hf:DIR` (a local Hugging Face Llama checkpoint, imported once).

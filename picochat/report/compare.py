@@ -2,10 +2,10 @@
 
 The pretrained, SFT, PPO and DPO models (and the last RLHF round's policy, with rlhf.rounds > 1)
 each answer one shared set of held-out prompts, greedily and with one sample at temperature 1 (the
-distribution RLHF optimises). Every answer is scored by the
-run's reward model and, on the built-in world, by the gold scorer. The per-prompt results go to
-`<out>/report/compare.json` and are reused while the models, the reward model and the report config
-are unchanged, so `picochat report` regenerates the text and plots in seconds.
+distribution RLHF optimises). Every answer is scored by the run's reward model and, on the
+built-in world, by the gold scorer. The per-prompt results go to `<out>/report/compare.json` and
+are reused while the models, the reward model and the report config are unchanged, so `picochat
+report` regenerates the text and plots in seconds.
 
 A model, the reward model or the gold scorer that the run does not have is left out: its scores are
 None and the report prints "n/a".
@@ -108,9 +108,9 @@ def compared_models(out: Path) -> dict[str, Path]:
     models = {m: out / m for m in MODEL_STAGES if _stage_fingerprint(out / m) is not None}
     rounds = out / "rounds" / "summary.json"
     if rounds.exists():
-        summary = json.loads(rounds.read_text(encoding="utf-8"))
-        last = policy_of_round(out, len(summary.get("rounds", [])))
-        if len(summary.get("rounds", [])) > 1 and _stage_fingerprint(last) is not None:
+        n_rounds = len(json.loads(rounds.read_text(encoding="utf-8")).get("rounds", []))
+        last = policy_of_round(out, n_rounds)
+        if n_rounds > 1 and _stage_fingerprint(last) is not None:
             models["rounds"] = last
     return {m: models[m] for m in MODEL_NAMES if m in models}
 
