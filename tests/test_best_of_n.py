@@ -88,6 +88,11 @@ def test_sharpening_points_and_their_reading():
     text = reading(curves, [ppo], points)
     assert "no more than lowering the SFT model's temperature to the same KL buys (+0.100)" in text
     assert "sampling the SFT model at T=0.7 gains +0.100 at KL 0.50" in text and text[0].isupper()
+    # past every temperature's KL: compared with the best of them, which sits at a lower KL
+    for gain, verdict in ((0.15, "no more"), (0.25, "more")):
+        far = {"name": "PPO", "kl": 2.5, "gain": {"mean": gain, "ci95": [0, 0.3]}}
+        assert (f", {verdict} than the SFT model sampled at T=0.5 gains with no training, at a lower KL (+0.200 "
+                "at KL 1.50)") in reading(curves, [far], points)
 
 
 def test_a_tempered_model_is_the_model_at_that_temperature():

@@ -127,6 +127,14 @@ def reading(curves: dict, points: list[dict], sharpening: list[dict] | None = No
         if sharp is not None:
             against.append(f"{'more' if gain > sharp else 'no more'} than lowering the SFT model's temperature "
                            f"to the same KL buys ({sharp:+.3f})")
+        elif sharpening and p["kl"] > sharpening[-1]["kl"]:
+            # Past the lowest temperature's KL there is no reading at equal KL, but a temperature
+            # that gains as much at a lower KL is the better trade, and one that gains less is not.
+            best = max(sharpening, key=lambda t: t["gain"]["mean"])
+            t_gain = best["gain"]["mean"]
+            against.append(f"{'more' if gain > t_gain else 'no more'} than the SFT model sampled at "
+                           f"T={best['temperature']} gains with no training, at a lower KL ({t_gain:+.3f} at KL "
+                           f"{best['kl']:.2f})")
         parts.append(f"{p['name']} gained {gain:+.3f} at KL {p['kl']:.2f}: " + (", ".join(against) or "n/a"))
     if "rm" in curves and "gold" in curves:
         n, rm, oracle = curves["n"][-1], curves["rm"][-1]["mean"], curves["gold"][-1]["mean"]
