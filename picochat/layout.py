@@ -9,10 +9,10 @@ A run directory `<out>/` holds one directory per stage, in this order:
     label/       preferences.jsonl, preferences_test.jsonl
     rounds/      round_<r>/label, rm, ppo: later RLHF rounds (rlhf.rounds > 1)
 
-and config.yaml, report.md, report/, plots/ and cache/answers/ (answers a model gave to held-out
-prompts, which later stages read instead of sampling them again) beside them. Each stage also
-writes stage.json (its fingerprint) and summary.json (complete). Code that needs one of these
-paths asks here.
+and config.yaml, report.md, report/, plots/, human_labels/ (people's rankings from the labeling
+page) and cache/answers/ (answers a model gave to held-out prompts, which later stages read
+instead of sampling them again) beside them. Each stage also writes stage.json (its fingerprint)
+and summary.json (complete). Code that needs one of these paths asks here.
 
 A *model setting* (`sft.init`, `ppo.reward_model`, `--ckpt`, ...) is a stage name of this run, a
 model or stage directory, or `hf:DIR` (a local Hugging Face Llama checkpoint, imported once).
@@ -50,6 +50,17 @@ def round_dir(out: Path, r: int) -> Path:
 def policy_of_round(out: Path, r: int) -> Path:
     """The RL policy round r ended with: the ppo stage's for round 1."""
     return Path(out) / "ppo" if r == 1 else round_dir(out, r) / "ppo"
+
+
+def human_labels_dir(out: Path) -> Path:
+    """Where people's rankings from the labeling page go: outside every stage's directory, so that
+    redoing a stage never deletes them."""
+    return Path(out) / "human_labels"
+
+
+def human_labels_file(out: Path, r: int) -> Path:
+    """People's rankings for RLHF round r (`picochat serve --label-out`)."""
+    return human_labels_dir(out) / f"round_{r}.jsonl"
 
 
 def answer_cache_dir(out: Path) -> Path:

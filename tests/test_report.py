@@ -222,18 +222,18 @@ def test_held_out_prompts_too_long_for_the_models_are_left_out_not_fatal(run_dir
     from picochat.config import build_config
     from picochat.core.chat import render_prompt
     from picochat.core.tokenizer import Tokenizer
-    from picochat.report.compare import answer_room, held_out_prompts
+    from picochat.report.compare import answer_room, compared_models, held_out_prompts
 
     tok = Tokenizer.load(run_dir / "sft" / "tokenizer.json")
     everything, _ = held_out_prompts(run_dir, 10_000)
     lengths = sorted(len(render_prompt(tok, p.messages)) for p in everything)
     cfg = build_config(base_file=run_dir / "config.yaml")
     cfg.report.max_new_tokens = cfg.model.max_seq_len - lengths[len(lengths) // 2]  # half of them fit
-    kept, _ = held_out_prompts(run_dir, 10_000, answer_room(cfg, run_dir))
+    kept, _ = held_out_prompts(run_dir, 10_000, answer_room(cfg, compared_models(run_dir)))
     assert 0 < len(kept) < len(everything)
     assert all(len(render_prompt(tok, p.messages)) <= lengths[len(lengths) // 2] for p in kept)
     cfg.report.max_new_tokens = cfg.model.max_seq_len  # no room for any prompt
-    assert held_out_prompts(run_dir, 10_000, answer_room(cfg, run_dir))[0] == []
+    assert held_out_prompts(run_dir, 10_000, answer_room(cfg, compared_models(run_dir)))[0] == []
 
 
 def test_benchmark_card_in_the_chat_form_only_leaves_the_pretrained_model_out(run_dir, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from picochat.config import ConfigError, build_config
 from picochat.core.precision import default_device, resolve_precision
 from picochat.feedback.autolabel import world_label_prompts
-from picochat.layout import load_model_and_tokenizer
+from picochat.layout import human_labels_dir, load_model_and_tokenizer
 from picochat.reward_model import load_reward_model
 from picochat.serve.engine import BatchEngine
 from picochat.serve.hosts import HostPolicy, host_policy
@@ -112,7 +112,7 @@ def default_label_out(ckpt: str | Path) -> Path:
     Not inside <run>/label/: the pipeline deletes a stage's directory when it redoes the stage,
     and people's work must survive that."""
     run = run_of_checkpoint(ckpt)
-    return run / "human_labels" / "preferences.jsonl" if run else Path("human_preferences.jsonl")
+    return human_labels_dir(run) / "preferences.jsonl" if run else Path("human_preferences.jsonl")
 
 
 def build_service(args, api_key: str | None, hosts: HostPolicy) -> tuple[Service, str]:

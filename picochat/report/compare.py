@@ -77,12 +77,13 @@ def held_out_prompts(out: Path, n: int, fits=None) -> tuple[list[HeldOutPrompt],
     return [], ""
 
 
-def answer_room(cfg: RunConfig, out: Path):
-    """A `fits(messages)` test for held-out prompts: True when every finished model of the run can
-    answer the prompt with report.max_new_tokens of room (long public prompts, e.g. HH-RLHF
-    dialogues, would otherwise leave the whole batch no room). None when no model is finished."""
+def answer_room(cfg: RunConfig, models: dict[str, Path]):
+    """A `fits(messages)` test for held-out prompts: True when every finished model of the run
+    (`compared_models`) can answer the prompt with report.max_new_tokens of room (long public
+    prompts, e.g. HH-RLHF dialogues, would otherwise leave the whole batch no room). None when no
+    model is finished."""
     limits = []
-    for model_dir in compared_models(out).values():
+    for model_dir in models.values():
         model_cfg, _ = read_model_config(model_dir)
         limits.append((Tokenizer.load(model_dir / TOKENIZER_FILE), model_cfg.max_seq_len - cfg.report.max_new_tokens))
     if not limits:
@@ -115,9 +116,9 @@ def compared_models(out: Path) -> dict[str, Path]:
     return {m: models[m] for m in MODEL_NAMES if m in models}
 
 
-def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt]) -> dict:
+def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], models: dict[str, Path]) -> dict:
     blob = json.dumps([asdict(p) for p in prompts], sort_keys=True, ensure_ascii=False)
-    later = compared_models(out).get("rounds")  # in the key only when there is one: earlier keys stay valid
+    later = models.get("rounds")  # in the key only when there is one: earlier keys stay valid
     return {
         "report": {k: v for k, v in asdict(cfg.report).items()
                    if k in ("eval_prompts", "max_new_tokens", "seed", "best_of_n_prompts", "best_of_n")},
@@ -135,9 +136,10 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
     `<out>/report/compare.json` when nothing they depend on changed)."""
     out = Path(out)
     path = out / "report" / "compare.json"
-    prompts, source = (held_out_prompts(out, cfg.report.eval_prompts, answer_room(cfg, out))
+    models = compared_models(out)
+    prompts, source = (held_out_prompts(out, cfg.report.eval_prompts, answer_room(cfg, models))
                        if cfg.report.eval_prompts else ([], ""))
-    key = comparison_key(cfg, out, prompts)
+    key = comparison_key(cfg, out, prompts, models)
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("key") == key:
@@ -145,7 +147,6 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
             return cached
     t0 = time.perf_counter()
     result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
-    models = compared_models(out)
     n_best = min(cfg.report.best_of_n_prompts, len(prompts)) if key["models"]["sft"] is not None and key["gold"] else 0
     if (prompts and models) or n_best:
         result |= _with_report_threads(cfg, lambda device, precision: _answer_and_score(

@@ -31,7 +31,7 @@ from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.core.precision import default_device, resolve_precision
 from picochat.data.preferences import read_preferences
 from picochat.feedback.autolabel import label_prompts, world_label_prompts
-from picochat.layout import load_model_and_tokenizer, policy_of_round, round_dir, world_file
+from picochat.layout import human_labels_file, load_model_and_tokenizer, policy_of_round, round_dir, world_file
 from picochat.stages.ppo import train_policy
 from picochat.stages.rm import train_reward_model
 from picochat.train.ppo import PPOTrainer
@@ -88,11 +88,6 @@ def _step(step_dir: Path, work: Callable[[], dict]) -> dict:
     summary = work()
     atomic_write_json(done, summary)
     return summary
-
-
-def human_labels_file(out: Path, r: int) -> Path:
-    """Where people's rankings for round r are gathered (`picochat serve --label-out`)."""
-    return Path(out) / "human_labels" / f"round_{r}.jsonl"
 
 
 def _label(cfg: RunConfig, out: Path, r: int, label_dir: Path, show_progress: bool) -> dict:
