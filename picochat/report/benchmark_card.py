@@ -37,25 +37,52 @@ def _card_key(ecfg: EvalConfig, model_dir: Path, stage: str, sources: dict[str, 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
-    """{"cards": {stage: card without per-item lists}, "note": why there is no card, or ""}."""
+def _card_plan(cfg: RunConfig, out: Path) -> tuple[list[str], list, dict[str, str]] | str:
+    """(the model stages to score, the loaded tasks, {task: source}), or why there is no card."""
     ecfg = cfg.eval
     if not ecfg.tasks:
-        return {"cards": {}, "note": "no benchmark tasks (eval.tasks is empty)."}
+        return "no benchmark tasks (eval.tasks is empty)."
     if not ecfg.data_dir and not ecfg.sources:
-        return {"cards": {}, "note": "no benchmark data: set eval.data_dir to a folder of local copies of the sets "
+        return ("no benchmark data: set eval.data_dir to a folder of local copies of the sets "
                 "(arc_easy_test.jsonl.gz, hellaswag_val.jsonl.gz, ... as in the project's shared/data/eval), or "
-                "eval.sources, then rerun `picochat report`."}
+                "eval.sources, then rerun `picochat report`.")
     # a stage with no form to be scored in (eval.forms=[chat] and the pretrained model) is left out
     stages = [s for s in MODEL_STAGES if (out / s / "model.safetensors").exists() and card_forms(s, ecfg.forms)]
     if not stages:
-        return {"cards": {}, "note": "no trained model in this run yet."}
+        return "no trained model in this run yet."
     try:
         loaded = [load_task(name, ecfg.data_dir, limit=ecfg.limit, shots=ecfg.shots,
                             source=ecfg.source_map().get(name, "")) for name in ecfg.tasks]
     except (FileNotFoundError, ValueError) as e:  # a missing or malformed set is named, the report goes on
-        return {"cards": {}, "note": f"benchmark card skipped: {e}"}
-    sources = {lt.task.name: str(lt.source) for lt in loaded}
+        return f"benchmark card skipped: {e}"
+    return stages, loaded, {lt.task.name: str(lt.source) for lt in loaded}
+
+
+def _cached_card(path: Path, key: str) -> dict | None:
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached
+    return None
+
+
+def cards_to_compute(cfg: RunConfig, out: Path) -> list[str]:
+    """The model stages whose card `benchmark_cards` would compute now (none kept for them)."""
+    plan = _card_plan(cfg, out)
+    if isinstance(plan, str):
+        return []
+    stages, _, sources = plan
+    return [s for s in stages
+            if _cached_card(out / "report" / f"card_{s}.json", _card_key(cfg.eval, out / s, s, sources)) is None]
+
+
+def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    """{"cards": {stage: card without per-item lists}, "note": why there is no card, or ""}."""
+    ecfg = cfg.eval
+    plan = _card_plan(cfg, out)
+    if isinstance(plan, str):
+        return {"cards": {}, "note": plan}
+    stages, loaded, sources = plan
     threads_before = torch.get_num_threads()
     if ecfg.threads:
         torch.set_num_threads(ecfg.threads)
@@ -64,11 +91,10 @@ def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> di
         for stage in stages:
             path = out / "report" / f"card_{stage}.json"
             key = _card_key(ecfg, out / stage, stage, sources)
-            if path.exists():
-                cached = json.loads(path.read_text(encoding="utf-8"))
-                if cached.get("key") == key:
-                    cards[stage] = cached
-                    continue
+            cached = _cached_card(path, key)
+            if cached is not None:
+                cards[stage] = cached
+                continue
             t0 = time.perf_counter()
             model, tokenizer, _ = load_model_and_tokenizer(out / stage)
             card = evaluate_card(model, tokenizer, loaded, card_forms(stage, ecfg.forms), shots=ecfg.shots,

@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 from picochat.config import RunConfig
+from picochat.core.child_process import ChildProcess, can_split_threads
 from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.layout import MODEL_STAGES, STAGE_NAMES
-from picochat.report.benchmark_card import benchmark_cards
+from picochat.report.benchmark_card import benchmark_cards, cards_to_compute
 from picochat.report.collect import read_run
 from picochat.report.compare import compare_models, score_stats
 from picochat.report.markdown import render_report
@@ -17,13 +18,36 @@ from picochat.report.plots import PLOTS, matplotlib_available, write_plots
 PLOT_FILES = [name for name, _, _ in PLOTS] + ["before_after.png", "best_of_n.png"]
 
 
+def _cards_beside(cfg: RunConfig, out: Path) -> ChildProcess | None:
+    """The benchmark cards computed in a child process while this one compares the models, one
+    thread each (`cfg.side_by_side`; picochat.core.child_process says why): when cards are to be
+    computed, and neither part pins more threads (report.threads 1, eval.threads unset)."""
+    if not (cfg.side_by_side and cfg.report.threads == 1 and not cfg.eval.threads and can_split_threads()):
+        return None
+    pending = cards_to_compute(cfg, out)
+    if not pending:
+        return None
+    log = out / "logs" / "benchmark_card.log"
+    print(f"[report] the benchmark cards of {', '.join(pending)} are scored beside the comparison (one thread "
+          f"each), their output in {log}")
+    return ChildProcess("benchmark card", log, benchmark_cards, cfg, out, False).start()
+
+
 def write_report(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
     """Write <out>/report.md and <out>/plots/*.png; returns a summary (also <out>/report/summary.json)."""
     out = Path(out)
     t0 = time.perf_counter()
     run = read_run(out)
-    comparison = compare_models(cfg, out, show_progress)
-    cards = benchmark_cards(cfg, out, show_progress)
+    cards_beside = _cards_beside(cfg, out)
+    try:
+        comparison = compare_models(cfg, out, show_progress)
+    except BaseException:
+        if cards_beside is not None:
+            cards_beside.stop()
+        raise
+    if cards_beside is not None:
+        cards_beside.finish()
+    cards = benchmark_cards(cfg, out, show_progress)  # the child's cards are read, not computed again
     plots_dir = out / "plots"
     note = ""
     if matplotlib_available():

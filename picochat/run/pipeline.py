@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from picochat.config import RunConfig, save_config
 from picochat.core import distributed
 from picochat.core.checkpoint import CHECKPOINT_DIR
@@ -25,6 +27,7 @@ from picochat.run.backup import StageBackup
 from picochat.run.estimate import fmt_seconds
 from picochat.run.plan import QUICK_STAGES, REPORT, print_plan
 from picochat.run.registry import STAGES, run_stages, stage_fingerprint, stage_status, upstream_of
+from picochat.run.side_by_side import log_file, stage_beside, stage_process
 from picochat.stages.tokenizer import tokenizer_corpus
 
 
@@ -130,6 +133,35 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
 
 
 
+def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+    """Stage `name` here and stage `other` in a child process, one thread each (run.side_by_side);
+    returns both summaries."""
+    print(f"[run] {other} trains beside {name}, one thread each, its output in {log_file(out, other)} "
+          f"(side_by_side=false runs one after the other)")
+    child = stage_process(run_stage, other, cfg, out).start()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_stage(name, cfg, out, show_progress)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the child too: it stops after its step with a checkpoint, as this stage did
+        print(f"[run] waiting for {other} to save its checkpoint", file=sys.stderr)
+        child.process.join(timeout=60)
+        child.stop()
+        raise
+    except BaseException:
+        child.stop()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    if child.process.is_alive():
+        print(f"[run] {name} is done; waiting for {other} (its log: {log_file(out, other)})")
+    child.finish()
+    other_summary = json.loads((out / other / "summary.json").read_text(encoding="utf-8"))
+    print(f"[{other}] done: {summary_line(other, other_summary)} -> {out / other}")
+    return {name: summary, other: other_summary}
+
+
 def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, show_progress: bool = True) -> dict:
     """Run `stages` (default: the run's own, `cfg.stages`, then the report), reusing the complete ones."""
     check_run(cfg, stages)
@@ -152,7 +184,13 @@ def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, sho
             if distributed.is_main():
                 summaries[name] = write_report(cfg, out, show_progress)
             continue
-        summaries[name] = run_stage(name, cfg, out, show_progress)
+        if name in summaries:  # ran beside an earlier stage
+            continue
+        other = stage_beside(cfg, name, ordered, lambda n: stage_status(n, cfg, out) != "done")
+        if other is None:
+            summaries[name] = run_stage(name, cfg, out, show_progress)
+        else:
+            summaries |= _run_side_by_side(name, other, cfg, out, show_progress)
     if distributed.is_main():
         planned = sum(v for v in (estimate or {}).values() if v is not None)
         print(f"[run] finished in {fmt_seconds(time.perf_counter() - t0)}"

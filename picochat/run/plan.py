@@ -10,6 +10,7 @@ from picochat.config import RunConfig
 from picochat.run.backup import has_own_work
 from picochat.run.estimate import estimate_seconds, fmt_seconds, measure_speeds
 from picochat.run.registry import STAGES, stage_status
+from picochat.run.side_by_side import SIDE_BY_SIDE_SLOWDOWN, stage_beside
 
 # The last step of `picochat run`: report.md and plots/ from the stages' files. Not a stage with
 # outputs to reuse: it is rewritten every time (in seconds, when its model comparison is reused).
@@ -31,11 +32,20 @@ def print_plan(cfg: RunConfig, out: Path, names: list[str]) -> dict[str, float |
     vocab = json.loads(tokenizer.read_text())["vocab_size"] if tokenizer.exists() else cfg.tokenizer.vocab_size
     speeds = measure_speeds(cfg, vocab)
     estimate = {n: 0.0 for n in names if n not in todo} | estimate_seconds(cfg, out, todo, speeds)
+    beside = {}  # stage run beside another -> that one (picochat.run.side_by_side)
+    for n in todo:
+        other = stage_beside(cfg, n, names, lambda s: status.get(s) != "done")
+        if other is not None and estimate[n] is not None and estimate[other] is not None:
+            beside[other] = n
+            estimate[n] = SIDE_BY_SIDE_SLOWDOWN * max(estimate[n], estimate[other])
+            estimate[other] = 0.0
     print(f"[run] plan for {out} (this machine: {speeds.train_tokens_per_s:,.0f} training tokens/s, "
           f"{speeds.sample_step_s * 1000:.0f} ms per sampling step of 64 answers):")
     for n in names:
         if n not in todo:
             what, when = "reuse", "-"
+        elif n in beside:
+            what, when = "run", f"beside {beside[n]} (in its time)"
         else:
             resume = has_own_work(out / n) and status[n] == "todo"
             what = "resume" if resume else "redo" if status[n] == "stale" else "run"

@@ -1,0 +1,95 @@
+"""DPO beside PPO (picochat/run/side_by_side.py): the same models as one stage after the other,
+its output in a log, and a failure beside PPO reported without losing PPO."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, tiny_without
+
+from picochat.cli.main import main
+from picochat.run.side_by_side import log_file
+
+
+@pytest.fixture
+def two_threads():
+    """`picochat run` pairs stages only when torch has two threads to split (the tests use one)."""
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+def _copy_without_rl(run_dir, dest):
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old"))
+    for stage in ("ppo", "dpo"):
+        shutil.rmtree(dest / stage)
+    return dest
+
+
+def test_dpo_beside_ppo_trains_the_models_of_one_stage_after_the_other(run_dir, tmp_path, two_threads, capsys):
+    run = _copy_without_rl(run_dir, tmp_path / "run")
+    assert main(["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "dpo trains beside ppo, one thread each" in printed
+    assert "[dpo] done:" in printed  # the child's result, said by the parent
+    assert torch.get_num_threads() == 2  # the parent's threads are given back
+    # one thread each, in either process: the shared run's models (trained one after the other on
+    # one thread) bit for bit
+    for stage in ("ppo", "dpo"):
+        assert (run / stage / "model.safetensors").read_bytes() == (run_dir / stage / "model.safetensors").read_bytes()
+        ours = json.loads((run / stage / "summary.json").read_text())
+        theirs = json.loads((run_dir / stage / "summary.json").read_text())
+        assert ours["gold_score_sampled"] == theirs["gold_score_sampled"] and ours["kl"] == theirs["kl"]
+    log = log_file(run, "dpo").read_text(encoding="utf-8")
+    assert "[dpo] done:" in log and "[ppo]" not in log  # the child's own output, and only it
+
+
+def test_a_failure_beside_ppo_names_the_stage_and_its_log_and_keeps_ppo(run_dir, tmp_path, two_threads, capsys):
+    run = _copy_without_rl(run_dir, tmp_path / "run")
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": \n', encoding="utf-8")  # no pair DPO could train on
+    args = ["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo", *tiny_without("dpo.eval_samples"),
+            f"dpo.sources=[{bad}]", "dpo.eval_samples=4"]  # the copied config.yaml has 1
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "[dpo] stopped with exit code 1 in its own process" in err and str(log_file(run, "dpo")) in err
+    assert "pairs.jsonl" in err  # the end of the log says which file is bad
+    assert (run / "ppo" / "summary.json").exists()  # PPO finished beside it and is kept
+    assert not (run / "dpo" / "summary.json").exists()
+
+
+def test_side_by_side_false_runs_one_stage_after_the_other(run_dir, tmp_path, two_threads,
+                                                                                   capsys):
+    run = _copy_without_rl(run_dir, tmp_path / "run")
+    assert main(["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo", *TINY, "side_by_side=false",
+                 "dpo.train.max_steps=2"]) == 0
+    assert "beside" not in capsys.readouterr().out and not log_file(run, "dpo").exists()
+
+
+def scores(card: dict) -> dict:
+    """A card's results less its timings."""
+    return {form: {task: {k: v for k, v in r.items() if k not in ("seconds", "items_per_s")} for task, r in by.items()}
+            for form, by in card["results"].items()}
+
+
+def test_report_scores_the_benchmark_cards_beside_the_comparison(run_dir, tmp_path, two_threads, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old", "card_*.json",
+                                                                "compare.json"))
+    eval_data = next(iter(json.loads((run_dir / "report" / "card_sft.json").read_text())["sources"].values()))
+    args = ["report", "--out", str(run), "--no-progress", f"eval.data_dir={Path(eval_data).parent}", "eval.limit=3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "[report] the benchmark cards of pretrain, sft, ppo, dpo are scored beside the comparison" in printed
+    assert "benchmark card of sft" in (run / "logs" / "benchmark_card.log").read_text(encoding="utf-8")
+    for stage in ("pretrain", "sft", "ppo", "dpo"):  # the cards of the shared run, scored in its process
+        ours, theirs = (json.loads((r / "report" / f"card_{stage}.json").read_text()) for r in (run, run_dir))
+        assert ours["key"] == theirs["key"] and scores(ours) == scores(theirs)
+    assert torch.get_num_threads() == 2
+    # nothing left to score: the report reads the cards and starts no process
+    assert main(args) == 0
+    assert "beside the comparison" not in capsys.readouterr().out
