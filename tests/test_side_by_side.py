@@ -93,3 +93,42 @@ def test_report_scores_the_benchmark_cards_beside_the_comparison(run_dir, tmp_pa
     # nothing left to score: the report reads the cards and starts no process
     assert main(args) == 0
     assert "beside the comparison" not in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_where_one_run_ends(
+        run_dir, tmp_path, two_threads):
+    """Ctrl-C at the terminal reaches both processes: each stops after its step with a checkpoint,
+    and the same command again ends with the models of a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*TINY, "ppo.train.max_steps=12", "ppo.train.ckpt_every=1", "dpo.train.max_steps=150"]
+    clean = _copy_without_rl(run_dir, tmp_path / "clean")
+    assert main(["run", "--out", str(clean), "--no-progress", "--stages", "ppo,dpo", *args]) == 0
+    run = _copy_without_rl(run_dir, tmp_path / "run")
+    command = [sys.executable, "-m", "picochat", "run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo",
+               *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}  # two threads to split
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    state = run / "ppo" / "checkpoint" / "trainer_state.pt"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if torch.load(state, weights_only=True)["iteration"] >= 3:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does: the whole process group
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, output
+    assert "dpo trains beside ppo" in output and "rerun the same command to resume" in output
+    assert not (run / "ppo" / "summary.json").exists() and state.exists()
+    assert main(["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo", *args]) == 0
+    for stage in ("ppo", "dpo"):
+        assert (run / stage / "model.safetensors").read_bytes() == (clean / stage / "model.safetensors").read_bytes()

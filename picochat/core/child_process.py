@@ -54,8 +54,11 @@ class ChildProcess:
             how = "was interrupted" if "KeyboardInterrupt" in tail else f"stopped with exit code {code}"
             raise RuntimeError(f"[{self.name}] {how} in its own process; the end of its log ({self.log}):\n{tail}")
 
-    def stop(self) -> None:
-        """Ask the child to stop as Ctrl-C does (a training stage checkpoints), then wait for it."""
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Ask the child to stop as Ctrl-C does (a training stage checkpoints), then wait for it.
+        grace_s: first wait this long for it to stop by itself (a Ctrl-C at the terminal reaches
+        every process of the group: a second one would abort its checkpoint)."""
+        self.process.join(timeout=grace_s)
         if self.process.is_alive():
             os.kill(self.process.pid, signal.SIGINT)
         self.process.join()

@@ -134,7 +134,7 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
 
 
 def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_progress: bool) -> dict:
-    """Stage `name` here and stage `other` in a child process, one thread each (run.side_by_side);
+    """Stage `name` here and stage `other` in a child process, one thread each (`cfg.side_by_side`);
     returns both summaries."""
     print(f"[run] {other} trains beside {name}, one thread each, its output in {log_file(out, other)} "
           f"(side_by_side=false runs one after the other)")
@@ -144,10 +144,8 @@ def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_pro
     try:
         summary = run_stage(name, cfg, out, show_progress)
     except KeyboardInterrupt:
-        # Ctrl-C reached the child too: it stops after its step with a checkpoint, as this stage did
         print(f"[run] waiting for {other} to save its checkpoint", file=sys.stderr)
-        child.process.join(timeout=60)
-        child.stop()
+        child.stop(grace_s=60)
         raise
     except BaseException:
         child.stop()
