@@ -132,3 +132,17 @@ def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_wher
     assert main(["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo", *args]) == 0
     for stage in ("ppo", "dpo"):
         assert (run / stage / "model.safetensors").read_bytes() == (clean / stage / "model.safetensors").read_bytes()
+
+
+def test_the_side_by_side_benchmark_times_both_modes_on_copies(run_dir):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "bench.side_by_side", "--run", str(run_dir), "--windows", "1"],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["window 1, side_by_side=false", "window 1, side_by_side=true",
+                                                      "ppo+dpo", "report"]
+    assert lines[-1].endswith("x") and "(medians)" in lines[-1]
