@@ -573,7 +573,7 @@ class RunConfig:
     stages: list[str] = field(default_factory=list)  # the stages this run has, in order; empty = all
     data_root: str = ""  # relative paths in sources/prompts are taken from here (empty = the working directory)
     # `picochat run` trains DPO beside PPO, one thread each in two processes, on a CPU with two or
-    # more cores (picochat/run/side_by_side.py); false = one stage after the other
+    # more cores and 8 GB free (picochat/run/side_by_side.py); false = one stage after the other
     side_by_side: bool = True
     world: WorldConfig = field(default_factory=WorldConfig)
     tokenizer: TokenizerStageConfig = field(default_factory=TokenizerStageConfig)

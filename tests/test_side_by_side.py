@@ -146,3 +146,26 @@ def test_the_side_by_side_benchmark_times_both_modes_on_copies(run_dir):
     assert [line.split(":")[0] for line in lines] == ["window 1, side_by_side=false", "window 1, side_by_side=true",
                                                       "ppo+dpo", "report"]
     assert lines[-1].endswith("x") and "(medians)" in lines[-1]
+
+
+def test_stages_go_side_by_side_only_with_threads_and_memory_to_spare(two_threads, monkeypatch):
+    from picochat.config import build_config
+    from picochat.run import side_by_side
+
+    cfg = build_config("tiny")
+    names = ["sft", "rm", "ppo", "dpo"]
+    pending = lambda stage: True  # noqa: E731
+    monkeypatch.setattr(side_by_side, "available_memory_gb", lambda: 16.0)
+    assert side_by_side.stage_beside(cfg, "ppo", names, pending) == "dpo"
+    assert side_by_side.stage_beside(cfg, "dpo", names, pending) is None  # the pair is started from PPO
+    assert side_by_side.stage_beside(cfg, "ppo", ["ppo"], pending) is None
+    assert side_by_side.stage_beside(cfg, "ppo", names, lambda stage: stage != "dpo") is None  # DPO is done
+    monkeypatch.setattr(side_by_side, "available_memory_gb", lambda: 4.0)  # both peaks need ≈6 GB
+    assert side_by_side.stage_beside(cfg, "ppo", names, pending) is None
+    monkeypatch.setattr(side_by_side, "available_memory_gb", lambda: None)  # unknown (not Linux): go ahead
+    assert side_by_side.stage_beside(cfg, "ppo", names, pending) == "dpo"
+    cfg.dpo.train.threads = 2
+    assert side_by_side.stage_beside(cfg, "ppo", names, pending) is None
+    cfg.dpo.train.threads = 0
+    torch.set_num_threads(1)
+    assert side_by_side.stage_beside(cfg, "ppo", names, pending) is None

@@ -26,3 +26,15 @@ def peak_rss_mb() -> float:
     """The process's peak resident memory (since the last reset) in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # macOS reports bytes, Linux KiB
+
+
+def available_memory_gb() -> float | None:
+    """Memory the system can give new work now (Linux's MemAvailable), in GiB; None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
