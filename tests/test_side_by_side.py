@@ -93,6 +93,12 @@ def test_report_scores_the_benchmark_cards_beside_the_comparison(run_dir, tmp_pa
     # nothing left to score: the report reads the cards and starts no process
     assert main(args) == 0
     assert "beside the comparison" not in capsys.readouterr().out
+    # cards to score but the comparison kept: nothing to do beside them, so they take both threads here
+    (run / "report" / "card_dpo.json").unlink()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "beside the comparison" not in printed and "reusing the comparison" in printed
+    assert "benchmark card of dpo" in printed
 
 
 def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_where_one_run_ends(

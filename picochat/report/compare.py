@@ -131,20 +131,31 @@ def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], mode
     }
 
 
-def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
-    """Answers and scores of every finished model on the same held-out prompts (reused from
-    `<out>/report/compare.json` when nothing they depend on changed)."""
-    out = Path(out)
+def _kept_comparison(cfg: RunConfig, out: Path):
+    """(compare.json's path, the models, the prompts, their source, the key, the kept comparison
+    when its key is this one, else None)."""
     path = out / "report" / "compare.json"
     models = compared_models(out)
     prompts, source = (held_out_prompts(out, cfg.report.eval_prompts, answer_room(cfg, models))
                        if cfg.report.eval_prompts else ([], ""))
     key = comparison_key(cfg, out, prompts, models)
-    if path.exists():
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached.get("key") == key:
-            print(f"[report] models, reward model and prompts unchanged: reusing the comparison in {path}")
-            return cached
+    cached = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    return path, models, prompts, source, key, cached if cached is not None and cached.get("key") == key else None
+
+
+def comparison_is_kept(cfg: RunConfig, out: Path) -> bool:
+    """Whether `compare_models` would reuse `<out>/report/compare.json` rather than compute."""
+    return _kept_comparison(cfg, Path(out))[-1] is not None
+
+
+def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
+    """Answers and scores of every finished model on the same held-out prompts (reused from
+    `<out>/report/compare.json` when nothing they depend on changed)."""
+    out = Path(out)
+    path, models, prompts, source, key, cached = _kept_comparison(cfg, out)
+    if cached is not None:
+        print(f"[report] models, reward model and prompts unchanged: reusing the comparison in {path}")
+        return cached
     t0 = time.perf_counter()
     result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
     n_best = min(cfg.report.best_of_n_prompts, len(prompts)) if key["models"]["sft"] is not None and key["gold"] else 0

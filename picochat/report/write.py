@@ -11,7 +11,7 @@ from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.layout import MODEL_STAGES, STAGE_NAMES
 from picochat.report.benchmark_card import benchmark_cards, cards_to_compute
 from picochat.report.collect import read_run
-from picochat.report.compare import compare_models, score_stats
+from picochat.report.compare import compare_models, comparison_is_kept, score_stats
 from picochat.report.markdown import render_report
 from picochat.report.plots import PLOTS, matplotlib_available, write_plots
 
@@ -21,11 +21,12 @@ PLOT_FILES = [name for name, _, _ in PLOTS] + ["before_after.png", "best_of_n.pn
 def _cards_beside(cfg: RunConfig, out: Path) -> ChildProcess | None:
     """The benchmark cards computed in a child process while this one compares the models, one
     thread each (`cfg.side_by_side`; picochat.core.child_process says why): when cards are to be
-    computed, and neither part pins more threads (report.threads 1, eval.threads unset)."""
+    computed, the comparison too, and neither pins more threads (report.threads 1, eval.threads
+    unset)."""
     if not (cfg.side_by_side and cfg.report.threads == 1 and not cfg.eval.threads and can_split_threads()):
         return None
     pending = cards_to_compute(cfg, out)
-    if not pending:
+    if not pending or comparison_is_kept(cfg, out):  # nothing to do beside them: two threads here
         return None
     log = out / "logs" / "benchmark_card.log"
     print(f"[report] the benchmark cards of {', '.join(pending)} are scored beside the comparison (one thread "
