@@ -14,10 +14,9 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from picochat.config import EvalConfig, RunConfig
 from picochat.core.io import atomic_write_json
+from picochat.core.threads import torch_threads
 from picochat.eval.benchmarks.card import card_forms, evaluate_card
 from picochat.eval.benchmarks.tasks import load_task
 from picochat.layout import MODEL_STAGES, load_model_and_tokenizer
@@ -83,11 +82,8 @@ def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> di
     if isinstance(plan, str):
         return {"cards": {}, "note": plan}
     stages, loaded, sources = plan
-    threads_before = torch.get_num_threads()
-    if ecfg.threads:
-        torch.set_num_threads(ecfg.threads)
     cards = {}
-    try:
+    with torch_threads(ecfg.threads):
         for stage in stages:
             path = out / "report" / f"card_{stage}.json"
             key = _card_key(ecfg, out / stage, stage, sources)
@@ -104,8 +100,6 @@ def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> di
             atomic_write_json(path, card)
             print(f"[report] benchmark card of {stage}: {card['wall_s']:.1f} s")
             cards[stage] = card
-    finally:
-        torch.set_num_threads(threads_before)
     slim = {stage: {**card, "results": {form: {task: {k: v for k, v in r.items() if k not in PER_ITEM_KEYS}
                                                        for task, r in by_task.items()}
                                           for form, by_task in card["results"].items()}}

@@ -21,14 +21,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from picochat.config import RunConfig
 from picochat.core.chat import render_prompt
 from picochat.core.checkpoint import TOKENIZER_FILE, read_model_config
 from picochat.core.generate import SamplingConfig
 from picochat.core.io import atomic_write_json
 from picochat.core.precision import default_device, resolve_precision
+from picochat.core.threads import torch_threads
 from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import read_preferences
 from picochat.eval.gold_eval import answer_prompts
@@ -171,13 +170,8 @@ def _with_report_threads(cfg: RunConfig, work):
     """`work(device, precision)` with report.threads torch threads (restored afterwards)."""
     device = default_device()
     precision = resolve_precision("auto", device)
-    threads = torch.get_num_threads()
-    if cfg.report.threads > 0 and device.type == "cpu":
-        torch.set_num_threads(cfg.report.threads)
-    try:
+    with torch_threads(cfg.report.threads if device.type == "cpu" else 0):
         return work(device, precision)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision, source, show_progress) -> dict:

@@ -12,13 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from picochat.config import RunConfig, save_config
 from picochat.core import distributed
 from picochat.core.checkpoint import CHECKPOINT_DIR
 from picochat.core.io import MetricsLog, atomic_write_json, remove_orphan_temp_dirs
 from picochat.core.memory import peak_rss_mb, reset_peak_rss
+from picochat.core.threads import torch_threads
 from picochat.data.sources import resolve_source
 from picochat.hf import HF_PREFIX
 from picochat.report import write_report
@@ -139,10 +138,9 @@ def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_pro
     print(f"[run] {other} trains beside {name}, one thread each, its output in {log_file(out, other)} "
           f"(side_by_side=false runs one after the other)")
     child = stage_process(run_stage, other, cfg, out).start()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        summary = run_stage(name, cfg, out, show_progress)
+        with torch_threads(1):
+            summary = run_stage(name, cfg, out, show_progress)
     except KeyboardInterrupt:
         print(f"[run] waiting for {other} to save its checkpoint", file=sys.stderr)
         child.stop(grace_s=60)
@@ -150,8 +148,6 @@ def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_pro
     except BaseException:
         child.stop()
         raise
-    finally:
-        torch.set_num_threads(threads)
     if child.process.is_alive():
         print(f"[run] {name} is done; waiting for {other} (its log: {log_file(out, other)})")
     child.finish()
