@@ -30,9 +30,16 @@ def _copy_without_rl(run_dir, dest):
     return dest
 
 
-def test_dpo_beside_ppo_trains_the_models_of_one_stage_after_the_other(run_dir, tmp_path, two_threads, capsys):
+def test_dpo_beside_ppo_trains_the_models_of_one_stage_after_the_other(run_dir, tmp_path, two_threads, capsys,
+                                                                        monkeypatch):
+    from picochat.train.ppo import PPOTrainer
+
     run = _copy_without_rl(run_dir, tmp_path / "run")
+    ppo_threads = []
+    fit = PPOTrainer.fit
+    monkeypatch.setattr(PPOTrainer, "fit", lambda self: ppo_threads.append(torch.get_num_threads()) or fit(self))
     assert main(["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo", *TINY]) == 0
+    assert ppo_threads == [1]  # the other thread is DPO's
     printed = capsys.readouterr().out
     assert "dpo trains beside ppo, one thread each" in printed
     assert "[dpo] done:" in printed  # the child's result, said by the parent
