@@ -12,7 +12,7 @@ import torch
 from conftest import TINY, tiny_without
 
 from picochat.cli.main import main
-from picochat.run.side_by_side import log_file
+from picochat.core.child_process import log_file
 
 
 @pytest.fixture
@@ -157,28 +157,91 @@ def test_the_side_by_side_benchmark_times_both_modes_on_copies(run_dir):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["window 1, side_by_side=false", "window 1, side_by_side=true",
-                                                      "ppo+dpo", "report"]
+                                                      "label", "ppo+dpo", "report"]
     assert lines[-1].endswith("x") and "(medians)" in lines[-1]
 
 
 def test_stages_go_side_by_side_only_with_threads_and_memory_to_spare(two_threads, monkeypatch):
     from picochat.config import build_config
+    from picochat.core import child_process
     from picochat.run import side_by_side
 
     cfg = build_config("tiny")
     names = ["sft", "rm", "ppo", "dpo"]
     pending = lambda stage: True  # noqa: E731
-    monkeypatch.setattr(side_by_side, "available_memory_gb", lambda: 16.0)
+    monkeypatch.setattr(child_process, "available_memory_gb", lambda: 16.0)
     assert side_by_side.stage_beside(cfg, "ppo", names, pending) == "dpo"
     assert side_by_side.stage_beside(cfg, "dpo", names, pending) is None  # the pair is started from PPO
     assert side_by_side.stage_beside(cfg, "ppo", ["ppo"], pending) is None
     assert side_by_side.stage_beside(cfg, "ppo", names, lambda stage: stage != "dpo") is None  # DPO is done
-    monkeypatch.setattr(side_by_side, "available_memory_gb", lambda: 4.0)  # both peaks need ≈6 GB
+    monkeypatch.setattr(child_process, "available_memory_gb", lambda: 4.0)  # both peaks need ≈6 GB
     assert side_by_side.stage_beside(cfg, "ppo", names, pending) is None
-    monkeypatch.setattr(side_by_side, "available_memory_gb", lambda: None)  # unknown (not Linux): go ahead
+    monkeypatch.setattr(child_process, "available_memory_gb", lambda: None)  # unknown (not Linux): go ahead
     assert side_by_side.stage_beside(cfg, "ppo", names, pending) == "dpo"
     cfg.dpo.train.threads = 2
     assert side_by_side.stage_beside(cfg, "ppo", names, pending) is None
     cfg.dpo.train.threads = 0
     torch.set_num_threads(1)
     assert side_by_side.stage_beside(cfg, "ppo", names, pending) is None
+
+
+def _copy_up_to_sft(run_dir, dest):
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old"))
+    for stage in ("label", "rm", "ppo", "dpo", "report"):
+        shutil.rmtree(dest / stage)
+    return dest
+
+
+def _records(path: Path) -> list[dict]:
+    """A label file's records, less the time each was written."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for r in records:
+        del r["meta"]["time"]
+    return records
+
+
+LABEL_FILES = ("preferences.jsonl", "preferences_test.jsonl")
+
+
+def test_two_processes_label_what_one_process_labels(run_dir, tmp_path, two_threads, capsys):
+    run = _copy_up_to_sft(run_dir, tmp_path / "run")
+    assert main(["run", "--out", str(run), "--no-progress", "--stages", "label", *TINY]) == 0
+    assert "a child labels every other batch" in capsys.readouterr().out
+    assert "[label] process 2 of 2 labeled 8 train prompts" in log_file(run, "label").read_text(encoding="utf-8")
+    for name in LABEL_FILES:  # the shared run's labels, made in one process on one thread, in order
+        assert _records(run / "label" / name) == _records(run_dir / "label" / name)
+    assert not list((run / "label").glob("*.part*"))  # the parts are joined and removed
+    ours, theirs = (json.loads((r / "label" / "summary.json").read_text()) for r in (run, run_dir))
+    for key in ("n_prompts", "mean_gold", "pair_agreement_with_gold", "n_tied_pairs", "n_new", "tokens"):
+        assert ours[key] == theirs[key], key
+    assert ours["test"]["n_prompts"] == theirs["test"]["n_prompts"] == 12
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("side_by_side", ["true", "false"])
+def test_labeling_cut_short_in_either_mode_resumes_to_the_labels_of_one_run(run_dir, tmp_path, two_threads,
+                                                                             side_by_side, capsys):
+    """What a killed run leaves: labels of one process in the stage's file, of two in their part
+    files (one torn mid-line). Either mode picks all of them up and labels only the rest."""
+    run = _copy_up_to_sft(run_dir, tmp_path / "run")
+    label = run / "label"
+    label.mkdir()
+    shutil.copy(run_dir / "label" / "stage.json", label)  # written when the stage starts
+    lines = (run_dir / "label" / "preferences.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    # batches of 8 prompts: batch 0 in the stage's file (one process), half of batch 1 by process 1,
+    # batch 2 by process 0 but for its last record, torn mid-line
+    (label / "preferences.jsonl").write_text("".join(lines[:8]), encoding="utf-8")
+    (label / "preferences.part1.jsonl").write_text("".join(lines[8:12]), encoding="utf-8")
+    (label / "preferences.part0.jsonl").write_text("".join(lines[16:23]) + lines[23][:30], encoding="utf-8")
+    assert main(["run", "--out", str(run), "--no-progress", "--stages", "label", *TINY,
+                 f"side_by_side={side_by_side}"]) == 0
+    if side_by_side == "true":  # batch 2's last prompt here, and in the child the rest of batch 1
+        assert "[label] process 1 of 2 labeled 1 train prompts" in capsys.readouterr().out
+        assert "[label] process 2 of 2 labeled 4 train prompts" in log_file(run, "label").read_text(encoding="utf-8")
+    for name in LABEL_FILES:
+        assert _records(label / name) == _records(run_dir / "label" / name)
+    kept = [r["meta"]["time"] for r in map(json.loads, (label / "preferences.jsonl").read_text().splitlines())]
+    before = [json.loads(line)["meta"]["time"] for line in lines[:12] + lines[16:23]]
+    assert [kept[i] for i in [*range(12), *range(16, 23)]] == before  # labeled once, not again
+    assert not list(label.glob("*.part*"))
+    assert json.loads((label / "summary.json").read_text())["n_new"] == 24 - 19  # the train prompts left

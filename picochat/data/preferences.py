@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from picochat.core.chat import ChatFormatError, validate_messages
+from picochat.core.io import atomic_write
 from picochat.data.chat_data import _from_sharegpt
 from picochat.data.readers import CorpusError, _open_binary, files_in_directory
 
@@ -444,7 +445,7 @@ def append_record(path: str | os.PathLike, record: PreferenceRecord | dict) -> N
         responses = record.get("responses")
         k = len(responses) if isinstance(responses, list) else 0
         record = parse_record(record, f"record to append to {path}", max(k, DEFAULT_MAX_K))
-    data = (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
+    data = _line(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -454,6 +455,23 @@ def append_record(path: str | os.PathLike, record: PreferenceRecord | dict) -> N
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_records(path: str | os.PathLike, records: Iterable[PreferenceRecord]) -> None:
+    """Replace `path` with these records, one JSON line each as `append_record` writes them: all
+    at once, fsynced, renamed over the old file (a crash leaves the old file or the new one)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for record in records:
+                f.write(_line(record))
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(Path(path), write)
+
+
+def _line(record: PreferenceRecord) -> bytes:
+    return (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _last_line_start(f, end: int, chunk_bytes: int = 1 << 16) -> int:

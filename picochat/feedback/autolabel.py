@@ -38,6 +38,7 @@ from picochat.data.preferences import (
     prompt_key,
     read_preferences,
     repair_torn_tail,
+    write_records,
 )
 from picochat.eval.gold_eval import answer_prompts
 from picochat.world.tasks import read_chat_examples
@@ -132,6 +133,8 @@ def label_prompts(
     cfg: LabelConfig,
     precision: str,
     show_progress: bool = True,
+    share: tuple[int, int] = (0, 1),
+    done_in: tuple[Path, ...] = (),
 ) -> dict:
     """Sample cfg.k answers per prompt, rank them with the simulated annotator and append one
     K-wise PreferenceRecord per prompt to `out_path` (JSONL). Prompts already in the file are
@@ -140,20 +143,22 @@ def label_prompts(
     prompts: (messages, info) with info = {"task", "lang", ...}; their order fixes the batches and
     seeds, so pass the same list to resume (world_label_prompts gives the same list for the same
     arguments, and a longer n extends a shorter one).
+
+    share=(i, n): label only every n-th batch, from the i-th (several processes label one list,
+    each into its own file; `merge_label_files` joins them). done_in: other files whose prompts
+    count as labeled (the other processes' files, for the progress bar and resume).
     """
     _check(cfg)
+    part, n_parts = share
+    if not 0 <= part < n_parts:
+        raise ValueError(f"share must be (i, n) with 0 <= i < n, got {share}")
     t0 = time.perf_counter()
     out_path = Path(out_path)
     if not out_path.name.endswith(".jsonl"):
         raise ValueError(f"{out_path}: labels are written as JSON lines; name the file *.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, PreferenceRecord] = {}
     repair_torn_tail(out_path)  # a killed run leaves at most a torn last line
-    if out_path.exists() and out_path.stat().st_size > 0:
-        records, _ = read_preferences(out_path, skip_invalid=True)
-        for r in records:
-            if r.prompt is not None:
-                done.setdefault(prompt_key(r.prompt), r)
+    done = labeled_records([out_path, *done_in])
 
     keys = [prompt_key(messages) for messages, _ in prompts]
     first_index: dict[str, int] = {}
@@ -163,8 +168,9 @@ def label_prompts(
     n_done = sum(keys[i] in done for i in wanted)
 
     n_new = 0
+    others = _LineCount(done_in)  # what the other processes add meanwhile, for the progress bar
     bar = tqdm(total=len(wanted), initial=n_done, desc="labeling", unit="prompt", disable=not show_progress)
-    for start in range(0, len(prompts), cfg.batch_prompts):
+    for start in range(part * cfg.batch_prompts, len(prompts), n_parts * cfg.batch_prompts):
         batch = range(start, min(start + cfg.batch_prompts, len(prompts)))
         todo = [i for i in batch if first_index[keys[i]] == i and keys[i] not in done]
         if not todo:
@@ -199,13 +205,63 @@ def label_prompts(
             append_record(out_path, record)
             done[keys[i]] = record
             n_new += 1
-        bar.update(len(todo))
+        bar.update(min(len(todo) + others.new_lines(), bar.total - bar.n))
     bar.close()
 
     labeled = [done[keys[i]] for i in wanted if keys[i] in done]
     summary = summarize_labels(labeled)
     summary.update({"n_new": n_new, "k": cfg.k, "seconds": round(time.perf_counter() - t0, 2)})
     return summary
+
+
+def labeled_records(files: list[Path]) -> dict[str, PreferenceRecord]:
+    """The records of these label files (those that exist), by prompt: the first of each prompt."""
+    done: dict[str, PreferenceRecord] = {}
+    for path in files:
+        if path.exists() and path.stat().st_size > 0:
+            records, _ = read_preferences(path, skip_invalid=True)
+            for r in records:
+                if r.prompt is not None:
+                    done.setdefault(prompt_key(r.prompt), r)
+    return done
+
+
+class _LineCount:
+    """How many lines files gained since the last call (records other processes appended)."""
+
+    def __init__(self, files: tuple[Path, ...]):
+        self.files = files
+        self.seen = self._count()
+
+    def _count(self) -> int:
+        total = 0
+        for path in self.files:
+            if path.exists():
+                with open(path, "rb") as f:
+                    total += sum(1 for _ in f)
+        return total
+
+    def new_lines(self) -> int:
+        now = self._count()
+        added, self.seen = now - self.seen, now
+        return max(0, added)
+
+
+def merge_label_files(final: Path, parts: list[Path]) -> list[PreferenceRecord]:
+    """Join the label files of several processes (`label_prompts(share=...)`) into `final`, one
+    record per prompt in the prompts' order (meta "index"): the file one process labeling every
+    batch writes. `final`'s own records are kept; the joined file replaces it atomically and then
+    the parts are removed, so a run killed at any point loses nothing. Returns the records."""
+    files = [final, *[p for p in parts if p.exists()]]
+    for path in files[1:]:
+        repair_torn_tail(path)
+    records = list(labeled_records(files).values())
+    if len(files) > 1:
+        records.sort(key=lambda r: r.meta.get("index", 0))
+        write_records(final, records)
+        for path in files[1:]:
+            path.unlink()
+    return records
 
 
 def summarize_labels(records: list[PreferenceRecord]) -> dict:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from picochat.config import RunConfig
-from picochat.core.child_process import ChildProcess, can_split_threads
+from picochat.core.child_process import ChildProcess, log_file, room_for_a_child
 from picochat.core.io import atomic_write_json, atomic_write_text
 from picochat.layout import MODEL_STAGES, STAGE_NAMES
 from picochat.report.benchmark_card import benchmark_cards, cards_to_compute
@@ -22,13 +22,13 @@ def _cards_beside(cfg: RunConfig, out: Path) -> ChildProcess | None:
     """The benchmark cards computed in a child process while this one compares the models, one
     thread each (`cfg.side_by_side`; picochat.core.child_process says why): when cards are to be
     computed, the comparison too, and neither pins more threads (report.threads 1, eval.threads
-    unset)."""
-    if not (cfg.side_by_side and cfg.report.threads == 1 and not cfg.eval.threads and can_split_threads()):
+    unset), and `room_for_a_child()`."""
+    if not (cfg.side_by_side and cfg.report.threads == 1 and not cfg.eval.threads and room_for_a_child()):
         return None
     pending = cards_to_compute(cfg, out)
     if not pending or comparison_is_kept(cfg, out):  # nothing to do beside them: two threads here
         return None
-    log = out / "logs" / "benchmark_card.log"
+    log = log_file(out, "benchmark_card")
     print(f"[report] the benchmark cards of {', '.join(pending)} are scored beside the comparison (one thread "
           f"each), their output in {log}")
     return ChildProcess("benchmark card", log, benchmark_cards, cfg, out, False).start()

@@ -15,6 +15,7 @@ from pathlib import Path
 from picochat.config import RunConfig, save_config
 from picochat.core import distributed
 from picochat.core.checkpoint import CHECKPOINT_DIR
+from picochat.core.child_process import log_file
 from picochat.core.io import MetricsLog, atomic_write_json, remove_orphan_temp_dirs
 from picochat.core.memory import peak_rss_mb, reset_peak_rss
 from picochat.core.threads import torch_threads
@@ -26,7 +27,7 @@ from picochat.run.backup import StageBackup
 from picochat.run.estimate import fmt_seconds
 from picochat.run.plan import QUICK_STAGES, REPORT, print_plan
 from picochat.run.registry import STAGES, run_stages, stage_fingerprint, stage_status, upstream_of
-from picochat.run.side_by_side import log_file, stage_beside, stage_process
+from picochat.run.side_by_side import stage_beside, stage_process
 from picochat.stages.tokenizer import tokenizer_corpus
 
 

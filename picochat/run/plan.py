@@ -11,6 +11,7 @@ from picochat.run.backup import has_own_work
 from picochat.run.estimate import estimate_seconds, fmt_seconds, measure_speeds
 from picochat.run.registry import STAGES, stage_status
 from picochat.run.side_by_side import SIDE_BY_SIDE_SLOWDOWN, stage_beside
+from picochat.stages.label import LABEL_SPLIT_SPEEDUP, labels_side_by_side
 
 # The last step of `picochat run`: report.md and plots/ from the stages' files. Not a stage with
 # outputs to reuse: it is rewritten every time (in seconds, when its model comparison is reused).
@@ -39,6 +40,8 @@ def print_plan(cfg: RunConfig, out: Path, names: list[str]) -> dict[str, float |
             beside[other] = n
             estimate[n] = SIDE_BY_SIDE_SLOWDOWN * max(estimate[n], estimate[other])
             estimate[other] = 0.0
+    if "label" in todo and estimate["label"] and labels_side_by_side(cfg):  # two processes label (stages/label.py)
+        estimate["label"] /= LABEL_SPLIT_SPEEDUP
     print(f"[run] plan for {out} (this machine: {speeds.train_tokens_per_s:,.0f} training tokens/s, "
           f"{speeds.sample_step_s * 1000:.0f} ms per sampling step of 64 answers):")
     for n in names:

@@ -11,8 +11,8 @@ DPO runs in a child process (`picochat.core.child_process`) that calls the same 
 pipeline, so it checkpoints, resumes and writes its summary as always; its output goes to
 `<out>/logs/dpo.log`. The parent trains PPO on one thread meanwhile. The
 results are those of one-thread runs, the same every time; a run that pins threads itself
-(`ppo.train.threads` or `dpo.train.threads`), or a machine with less than MIN_FREE_GB of memory
-free, runs the stages one after the other instead.
+(`ppo.train.threads` or `dpo.train.threads`), or a machine with less than
+`picochat.core.child_process.MIN_FREE_GB` of memory free, runs the stages one after the other instead.
 """
 
 from __future__ import annotations
@@ -21,35 +21,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from picochat.config import RunConfig
-from picochat.core.child_process import ChildProcess, can_split_threads
-from picochat.core.memory import available_memory_gb
+from picochat.core.child_process import ChildProcess, log_file, room_for_a_child
 
 BESIDE = {"ppo": "dpo"}  # stage run in the parent -> the stage run beside it in a child process
 # Measured on the 2-core machine (module docstring): one thread each, the pair takes this many
 # times the longer stage's time alone on every core.
 SIDE_BY_SIDE_SLOWDOWN = 1.4
-# Both processes' peaks at once: on the demo PPO peaked at 2.7 GB and DPO at 3.2 GB alone. With
-# less than this free (Linux's MemAvailable), one after the other rather than risk swapping.
-MIN_FREE_GB = 8.0
-
-
-def log_file(out: Path, name: str) -> Path:
-    return Path(out) / "logs" / f"{name}.log"
 
 
 def stage_beside(cfg: RunConfig, name: str, names: list[str], pending: Callable[[str], bool]) -> str | None:
     """The stage to run beside stage `name` (in the parent), or None: both are in this run and
-    still to do, side by side is on (`cfg.side_by_side`), `can_split_threads()`, neither stage
-    pins its own thread count, and the machine has MIN_FREE_GB of memory free for both."""
+    still to do, side by side is on (`cfg.side_by_side`), neither stage pins its own thread count,
+    and `room_for_a_child()` (two threads to split, MIN_FREE_GB of memory free)."""
     other = BESIDE.get(name)
-    if other is None or other not in names or not cfg.side_by_side or not can_split_threads():
+    if other is None or other not in names or not cfg.side_by_side:
         return None
     if getattr(cfg, name).train.threads or getattr(cfg, other).train.threads:
         return None
-    free = available_memory_gb()
-    if free is not None and free < MIN_FREE_GB:
-        return None
-    return other if pending(name) and pending(other) else None
+    return other if pending(name) and pending(other) and room_for_a_child() else None
 
 
 def stage_process(run_stage: Callable[..., dict], name: str, cfg: RunConfig, out: Path) -> ChildProcess:
