@@ -33,10 +33,10 @@ from picochat.world import GoldScorer, read_world
 SPLITS = ("train", "test")
 FILES = {"train": "preferences.jsonl", "test": "preferences_test.jsonl"}
 PROCESSES = 2  # labeling side by side: this process and one child
-# Two processes of one thread each against one of two threads: a labeling batch of the demo's
-# shape (64 prompts x 8 answers) took 2.6 s on two threads, and 1.95 s per batch in two one-thread
-# processes side by side (1.33x). The run's plan divides the stage's estimate by this.
-LABEL_SPLIT_SPEEDUP = 1.33
+# Two processes of one thread each against one of two threads: the demo's labeling took 163 s
+# against 205 s (medians of two alternating windows, `python -m bench.side_by_side --parts label`).
+# The run's plan divides the stage's estimate by this.
+LABEL_SPLIT_SPEEDUP = 1.26
 
 
 def labels_side_by_side(cfg: RunConfig) -> bool:
