@@ -134,3 +134,32 @@ def test_too_long_raises():
     generate(model, [[1] * 29], SamplingConfig(max_new_tokens=3))  # exactly fits
     with pytest.raises(ValueError, match="head='lm'"):
         generate(tiny_model(head="scalar"), [[1]], SamplingConfig())
+
+
+def test_a_repeated_prompt_is_prefilled_once_and_its_rows_sample_as_before(monkeypatch):
+    """K answers to one prompt: the prompt's forward runs once and its keys/values are copied to
+    its K rows. The rows then sample what rows prefilled one by one sample (the uncached path,
+    which recomputes every row from its tokens at every step)."""
+    from picochat.core import generate as generate_module
+
+    model = tiny_model()
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 2 + [PROMPTS[2]]
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, seed=5)
+    prefilled_rows = []
+    forward = GPT.forward
+    monkeypatch.setattr(GPT, "forward", lambda self, ids, **kw: prefilled_rows.append(ids.shape) or forward(
+        self, ids, **kw))
+    shared = generate(model, prompts, cfg)
+    assert prefilled_rows[0] == (3, 7)  # the 3 distinct prompts, left-padded to the longest
+    assert all(shape[1] == 1 for shape in prefilled_rows[1:])  # then one token per row and step
+    assert [r.tokens for r in shared] == [r.tokens for r in generate(model, prompts, cfg, use_cache=False)]
+    assert len({tuple(r.tokens) for r in shared[:3]}) > 1  # the copies sample on their own
+    # the shared prefill's logits and cache are those of prefilling every row
+    ids = torch.tensor([PROMPTS[0]] * 2)
+    with torch.no_grad():
+        logits, cache = generate_module._prefill(model, [PROMPTS[0]] * 2, ids, torch.arange(7)[None].expand(2, 7),
+                                                  None, 12)
+        full = generate_module.KVCache(model.cfg, 2, 12)
+        expected = model(ids, kv_cache=full)[:, -1]
+    assert torch.equal(logits, expected)
+    assert torch.equal(cache.kv[..., :7, :], full.kv[..., :7, :])

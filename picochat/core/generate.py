@@ -84,7 +84,10 @@ def sample_logits(
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1).squeeze(-1)
 
 
-@torch.no_grad()
+# inference_mode, not no_grad: no tensor made here leaves the call (results are Python ints), so
+# autograd's per-tensor bookkeeping (version counters, views) can be skipped, which is a share of
+# every op's fixed cost at batch 1 (bench/README.md)
+@torch.inference_mode()
 def generate(
     model: GPT,
     prompts: list[list[int]],
@@ -130,9 +133,11 @@ def generate(
     # Without padding no mask is needed: SDPA's causal path for the prompts, and while decoding
     # every cached key is visible. The weights are packed once for all steps (pack_weights).
     padded = any(len(p) != longest for p in prompts)
-    cache = KVCache(model.cfg, B, width, pack_weights=True) if use_cache else None
-    logits = model(ids, position_ids=positions, attention_mask=mask[:, :longest] if padded else None,
-                   kv_cache=cache)[:, -1]  # (B, V)
+    if use_cache:
+        logits, cache = _prefill(model, prompts, ids, positions, mask[:, :longest] if padded else None, width)
+    else:
+        cache = None
+        logits = model(ids, position_ids=positions, attention_mask=mask[:, :longest] if padded else None)[:, -1]
     next_positions = positions[:, -1:]  # (B, 1)
 
     stop_ids = set(cfg.stop_ids)
@@ -174,3 +179,31 @@ def generate(
             positions = torch.cat([positions, next_positions], dim=1)
             logits = model(ids, position_ids=positions, attention_mask=step_mask)[:, -1]
     return results
+
+
+def _prefill(model: GPT, prompts: list[list[int]], ids: torch.Tensor, positions: torch.Tensor,
+             attention_mask: torch.Tensor | None, width: int) -> tuple[torch.Tensor, KVCache]:
+    """The prompts' forward into a new cache: (last logits (B, V), the cache of B rows).
+
+    A prompt that appears several times (K answers to one prompt: labeling, PPO's groups, n
+    samples per prompt) is run once and its keys/values are copied to each of its rows: the
+    forward is over the distinct prompts only."""
+    distinct: dict[tuple[int, ...], int] = {}  # prompt -> its index among the distinct ones
+    firsts: list[int] = []  # the first row of each distinct prompt
+    source: list[int] = []  # row -> its distinct prompt
+    for row, prompt in enumerate(prompts):
+        key = tuple(prompt)
+        if key not in distinct:
+            distinct[key] = len(firsts)
+            firsts.append(row)
+        source.append(distinct[key])
+    cache = KVCache(model.cfg, len(firsts), width, pack_weights=True)
+    if len(firsts) == len(prompts):
+        return model(ids, position_ids=positions, attention_mask=attention_mask, kv_cache=cache)[:, -1], cache
+    index = torch.tensor(firsts, device=ids.device)
+    logits = model(ids[index], position_ids=positions[index],
+                   attention_mask=attention_mask[index] if attention_mask is not None else None,
+                   kv_cache=cache)[:, -1]
+    copies = torch.tensor(source, device=ids.device)
+    cache.keep_rows(copies)
+    return logits[copies], cache

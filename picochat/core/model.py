@@ -201,7 +201,8 @@ class KVCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (a 1-D index), in this order: rows that finished generating
-        stop costing compute."""
+        stop costing compute. A row may be listed more than once: each copy continues on its own
+        (a prompt prefilled once for several answers)."""
         self.shape = (*self.shape[:2], len(rows), *self.shape[3:])
         if self.kv is not None:  # only the slots written so far are worth copying
             kept = torch.empty(self.shape, device=self.kv.device, dtype=self.kv.dtype)
