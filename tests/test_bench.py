@@ -43,3 +43,13 @@ def test_peak_memory_is_measured_in_a_fresh_process(monkeypatch):
     memory = measure_memory("transformers", "micro", "fp32", threads=1)
     assert memory["peak_rss_mb"] > 100  # torch + transformers are loaded
     assert 0 < memory["train_rss_mb"] < memory["peak_rss_mb"]  # the model's own share, imports excluded
+
+
+def test_shared_prefill_benchmark_times_four_variants_with_the_same_answers(run_dir):
+    out = run_module("bench.shared_prefill", "--run", str(run_dir), "--prompts", "4", "--k", "3", "--new-tokens", "8",
+                     "--windows", "1")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert [line.split(" median")[0].strip() for line in lines[1:5]] == [
+        "as committed", "every row prefilled", "no_grad, not inference_mode", "neither (before)"]
+    assert lines[-1] == "the same answers in all four: True"

@@ -24,8 +24,9 @@ from picochat.core.io import atomic_write_json
 from picochat.core.model import GPT
 
 # Raise when the answers the same inputs give change (generation, sampling or prompt rendering):
-# entries written by older code are then no longer read.
-CACHE_VERSION = 1
+# entries written by older code are then no longer read. 2: a prompt repeated in one batch is
+# prefilled once (`generate`); in bf16 a batch of few distinct prompts rounds differently.
+CACHE_VERSION = 2
 
 
 def weights_digest(model: GPT) -> str:
