@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} thread(s), {args.windows} windows")
     for name in VARIANTS:
         print(f"{name:30s} median {median(times[name]):.2f} s ({', '.join(f'{t:.2f}' for t in times[name])}): "
-              f"{before / median(times[name]):.2f}x the time before")
+              f"{before / median(times[name]):.2f}x as fast as before")
     same = all(a == answers["as committed"] for a in answers.values())
     print(f"the same answers in all four: {same}")
     return 0 if same else 1
