@@ -19,7 +19,7 @@ from picochat.core.child_process import ChildProcess, log_file, room_for_a_child
 from picochat.core.precision import default_device, resolve_precision
 from picochat.core.threads import torch_threads
 from picochat.core.tokenizer import Tokenizer
-from picochat.data.preferences import prompt_key, read_preferences
+from picochat.data.preferences import PreferenceRecord, prompt_key
 from picochat.feedback.autolabel import (
     label_prompts,
     labeled_records,
@@ -57,15 +57,16 @@ def run(cfg: RunConfig, out: Path, show_progress: bool) -> dict:
         _label_side_by_side(cfg, out, show_progress)
     else:
         label_share(cfg, out, (0, 1), show_progress)
-    summaries = {}
+    summaries, every_record = {}, []
     for split in SPLITS:
         final = label_dir / FILES[split]
         merged = merge_label_files(final, [part_file(final, i) for i in range(PROCESSES)])
+        every_record += merged
         wanted = {prompt_key(messages) for messages, _ in prompts[split]}
         labeled = [r for r in merged if prompt_key(r.prompt) in wanted]
         summaries[split] = {**summarize_labels(labeled), "n_new": len(labeled) - before[split], "k": cfg.label.k}
     wall = time.perf_counter() - t0
-    tokens = _sampled_tokens(out, [label_dir / FILES[split] for split in SPLITS])
+    tokens = _sampled_tokens(out, every_record)
     return {"stage": "label", **summaries["train"], "test": summaries["test"], "seconds": round(wall, 2),
             "tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall}
 
@@ -127,8 +128,7 @@ def _labeled_count(final: Path, prompts: list[tuple[list[dict], dict]]) -> int:
     return len(labeled_records([final, *(part_file(final, i) for i in range(PROCESSES))]).keys() & wanted)
 
 
-def _sampled_tokens(out: Path, files: list[Path]) -> int:
-    """Tokens of all the answers in the label files: what the labeling stage sampled."""
+def _sampled_tokens(out: Path, records: list[PreferenceRecord]) -> int:
+    """Tokens of all the answers in the label files' records: what the labeling stage sampled."""
     tokenizer = Tokenizer.load(resolve_model(out / "sft") / TOKENIZER_FILE)
-    records, _ = read_preferences(files, skip_invalid=True)
     return sum(len(tokenizer.encode(r)) for record in records for r in record.responses)
