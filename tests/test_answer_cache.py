@@ -75,12 +75,14 @@ def test_dpo_reads_the_answers_ppo_sampled_of_the_model_both_start_from(run_dir)
     """Each answer file of the shared run was written once. The SFT stage evaluates at its own
     settings (12 prompts, 2 samples, in the tests); PPO and DPO at the same settings as each other,
     so DPO reads the SFT model's answers that PPO sampled. (With the presets' defaults all three
-    stages evaluate alike and PPO reads the SFT stage's.)"""
+    stages evaluate alike and PPO reads the SFT stage's.) The report's answers are at its own
+    settings: the four models' greedy and T=1 answers and the SFT model's best-of-n samples."""
     entries = list(answer_cache_dir(run_dir).glob("*.json"))
-    sft_done, ppo_done = ((run_dir / s / "summary.json").stat().st_mtime for s in ("sft", "ppo"))
+    sft_done, ppo_done, dpo_done = ((run_dir / s / "summary.json").stat().st_mtime for s in ("sft", "ppo", "dpo"))
     assert sum(e.stat().st_mtime <= sft_done for e in entries) == 4  # SFT and pretrained: greedy, T=1
     assert sum(sft_done < e.stat().st_mtime <= ppo_done for e in entries) == 4  # the policy and SFT
-    assert sum(e.stat().st_mtime > ppo_done for e in entries) == 2  # the DPO policy's alone
+    assert sum(ppo_done < e.stat().st_mtime <= dpo_done for e in entries) == 2  # the DPO policy's alone
+    assert sum(e.stat().st_mtime > dpo_done for e in entries) == 4 * 2 + 1
     ppo, dpo = (json.loads((run_dir / s / "summary.json").read_text()) for s in ("ppo", "dpo"))
     assert dpo["gold_sft"] == ppo["gold_sft"]
 

@@ -108,6 +108,109 @@ def test_report_scores_the_benchmark_cards_beside_the_comparison(run_dir, tmp_pa
     assert "benchmark card of dpo" in printed
 
 
+def _comparison(run: Path) -> dict:
+    """compare.json less its timing and the path of its prompts' file."""
+    comparison = json.loads((run / "report" / "compare.json").read_text())
+    return {k: v for k, v in comparison.items() if k not in ("wall_s", "source")}
+
+
+def _eval_args(run_dir) -> list[str]:
+    eval_data = next(iter(json.loads((run_dir / "report" / "card_sft.json").read_text())["sources"].values()))
+    return [f"eval.data_dir={Path(eval_data).parent}", "eval.limit=3"]
+
+
+def test_the_report_reads_the_work_done_ahead_and_writes_the_same_report(run_dir, tmp_path, capsys):
+    from picochat.config import build_config, parse_overrides
+    from picochat.report.ahead import report_work_ahead
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoint", "checkpoint.old", "report", "cache"))
+    cfg = build_config(None, base_file=run / "config.yaml", overrides=parse_overrides(_eval_args(run_dir)))
+    report_work_ahead(cfg, run)
+    assert "[report] ahead: all done" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / "report").glob("card_*.json")) == [
+        "card_dpo.json", "card_pretrain.json", "card_sft.json"]  # PPO's needs the PPO model
+    assert (run / "report" / "sharpened.json").exists()
+    assert main(["report", "--out", str(run), "--no-progress", *_eval_args(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("pretrained", "SFT", "DPO"):
+        for decoding in ("greedy", "sampled"):
+            assert f"{name}: {decoding}: the same answers as before, read from" in printed
+    assert "PPO: greedy: the same answers" not in printed  # computed now
+    assert "SFT: best-of-16 samples: the same answers as before" in printed
+    assert "the SFT model at lower temperatures: read from" in printed
+    assert "benchmark card of ppo" in printed and "benchmark card of sft" not in printed
+    # the figures of the report computed in one go
+    assert _comparison(run) == _comparison(run_dir)
+    for stage in ("pretrain", "sft", "ppo", "dpo"):
+        ours, theirs = (json.loads((r / "report" / f"card_{stage}.json").read_text()) for r in (run, run_dir))
+        assert ours["key"] == theirs["key"] and scores(ours) == scores(theirs)
+
+
+def test_dpo_s_process_works_ahead_for_the_report_until_ppo_is_done(run_dir, tmp_path, two_threads, capsys,
+                                                                   monkeypatch):
+    import time
+
+    from picochat.train.ppo import PPOTrainer
+
+    run = _copy_without_rl(run_dir, tmp_path / "run")
+    shutil.rmtree(run / "report")
+    shutil.rmtree(run / "cache")
+    fit = PPOTrainer.fit
+
+    def fit_after_the_work_ahead(self):  # PPO ends after it, as on the tiny preset
+        deadline = time.time() + 240
+        while "ahead: all done" not in (log_file(run, "dpo").read_text(encoding="utf-8")
+                                        if log_file(run, "dpo").exists() else ""):
+            assert time.time() < deadline, "the work ahead did not end"
+            time.sleep(0.1)
+        return fit(self)
+
+    monkeypatch.setattr(PPOTrainer, "fit", fit_after_the_work_ahead)
+    args = ["run", "--out", str(run), "--no-progress", "--stages", "ppo,dpo,report", *TINY, *_eval_args(run_dir)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "then, until ppo is done, the report's work that needs no ppo model" in printed
+    assert "the benchmark cards of ppo are scored beside the comparison" in printed  # the others are done
+    assert "DPO: sampled: the same answers as before" in printed
+    assert "[report] ahead: the benchmark card of sft" in log_file(run, "dpo").read_text(encoding="utf-8")
+    assert _comparison(run) == _comparison(run_dir)
+
+
+def _sets_then_waits(started) -> None:
+    """A child's body that reaches its work ahead at once and would work on for a minute."""
+    import time
+
+    started.set()
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("stopped")
+
+
+def _fails(started) -> None:
+    raise ValueError("the stage failed")
+
+
+def test_the_work_ahead_is_stopped_when_the_parent_is_done_but_a_failed_stage_is_raised(tmp_path):
+    import multiprocessing
+    import time
+
+    from picochat.core.child_process import ChildProcess
+    from picochat.run.side_by_side import finish_stage_process
+
+    started = multiprocessing.get_context("spawn").Event()
+    child = ChildProcess("dpo", tmp_path / "dpo.log", _sets_then_waits, started).start()
+    t0 = time.time()
+    finish_stage_process(child, started)
+    assert time.time() - t0 < 30 and not child.process.is_alive()
+    assert "stopped" in (tmp_path / "dpo.log").read_text(encoding="utf-8")
+    started = multiprocessing.get_context("spawn").Event()
+    child = ChildProcess("dpo", tmp_path / "failed.log", _fails, started).start()
+    with pytest.raises(RuntimeError, match="stopped with exit code 1"):
+        finish_stage_process(child, started)
+
+
 def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_where_one_run_ends(
         run_dir, tmp_path, two_threads):
     """Ctrl-C at the terminal reaches both processes: each stops after its step with a checkpoint,

@@ -75,13 +75,15 @@ def cards_to_compute(cfg: RunConfig, out: Path) -> list[str]:
             if _cached_card(out / "report" / f"card_{s}.json", _card_key(cfg.eval, out / s, s, sources)) is None]
 
 
-def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True) -> dict:
-    """{"cards": {stage: card without per-item lists}, "note": why there is no card, or ""}."""
+def benchmark_cards(cfg: RunConfig, out: Path, show_progress: bool = True, only: tuple[str, ...] | None = None) -> dict:
+    """{"cards": {stage: card without per-item lists}, "note": why there is no card, or ""}; of
+    the model stages in `only` when given."""
     ecfg = cfg.eval
     plan = _card_plan(cfg, out)
     if isinstance(plan, str):
         return {"cards": {}, "note": plan}
     stages, loaded, sources = plan
+    stages = [s for s in stages if only is None or s in only]
     cards = {}
     with torch_threads(ecfg.threads):
         for stage in stages:

@@ -30,9 +30,10 @@ from picochat.core.precision import default_device, resolve_precision
 from picochat.core.threads import torch_threads
 from picochat.core.tokenizer import Tokenizer
 from picochat.data.preferences import read_preferences
+from picochat.eval.answer_cache import CACHE_VERSION, AnswerCache, weights_digest
 from picochat.eval.gold_eval import answer_prompts
 from picochat.eval.sharpened import SHARPENING_TEMPERATURES, sharpened_gold
-from picochat.layout import MODEL_STAGES, load_model, model_tokenizer, policy_of_round, world_file
+from picochat.layout import MODEL_STAGES, answer_cache_dir, load_model, model_tokenizer, policy_of_round, world_file
 from picochat.reward_model import load_reward_model
 from picochat.train.sft import held_out_subset
 from picochat.world import GoldScorer, read_chat_examples, read_world
@@ -135,8 +136,7 @@ def _kept_comparison(cfg: RunConfig, out: Path):
     when its key is this one, else None)."""
     path = out / "report" / "compare.json"
     models = compared_models(out)
-    prompts, source = (held_out_prompts(out, cfg.report.eval_prompts, answer_room(cfg, models))
-                       if cfg.report.eval_prompts else ([], ""))
+    prompts, source, _ = report_prompts(cfg, out, models)
     key = comparison_key(cfg, out, prompts, models)
     cached = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     return path, models, prompts, source, key, cached if cached is not None and cached.get("key") == key else None
@@ -176,7 +176,8 @@ def _with_report_threads(cfg: RunConfig, work):
 
 def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision, source, show_progress) -> dict:
     """{"models": every model's answers and scores, "best_of_n": the SFT model's samples (when
-    n_best)}, scored by one reward model and one gold scorer loaded once for both."""
+    n_best)}, scored by one reward model and one gold scorer loaded once for both. Answers come
+    from the run's answer cache when it has them (`picochat.report.ahead` fills it early)."""
     reward = load_reward_model(out / "rm", device) if key["reward_model"] else None
     gold = GoldScorer(read_world(world_file(out))[0]) if key["gold"] else None
     result = {}
@@ -189,10 +190,25 @@ def _answer_and_score(cfg, out, prompts, models, n_best, key, device, precision,
         print(f"[report] best-of-n: the SFT model answers {n_best} held-out prompts {cfg.report.best_of_n} times")
         sft, meta = load_model(out / "sft", device)  # both below sample the SFT model
         tokenizer = model_tokenizer(meta)
-        result["best_of_n"] = _best_of_n_samples(cfg, sft, tokenizer, prompts[:n_best], reward, gold, precision,
-                                                 show_progress)
-        result["sharpened"] = _sharpened_sft(cfg, sft, tokenizer, prompts[:n_best], gold, precision)
+        messages = best_of_n_messages(cfg, prompts[:n_best])
+        answers = best_of_n_answers(cfg, out, sft, tokenizer, messages, precision, show_progress)
+        result["best_of_n"] = _score_best_of_n(cfg, messages, answers, reward, gold)
+        result["sharpened"] = sharpened_sft(cfg, out, sft, tokenizer, prompts[:n_best], gold, precision)
     return result
+
+
+def report_prompts(cfg: RunConfig, out: Path, models: dict[str, Path]) -> tuple[list[HeldOutPrompt], str, int]:
+    """(the held-out prompts every model answers, their source, how many of them the SFT model
+    answers report.best_of_n times: 0 without an SFT model or a gold scorer)."""
+    prompts, source = (held_out_prompts(out, cfg.report.eval_prompts, answer_room(cfg, models))
+                       if cfg.report.eval_prompts else ([], ""))
+    n_best = min(cfg.report.best_of_n_prompts, len(prompts)) \
+        if _stage_fingerprint(out / "sft") is not None and world_file(out).exists() else 0
+    return prompts, source, n_best
+
+
+def _answer_cache(out: Path, model) -> tuple[AnswerCache, str]:
+    return AnswerCache(answer_cache_dir(out)), weights_digest(model)
 
 
 def _answer_room(cfg, model, tokenizer, messages) -> int:
@@ -201,28 +217,68 @@ def _answer_room(cfg, model, tokenizer, messages) -> int:
     return min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
 
 
-def _sharpened_sft(cfg, model, tokenizer, prompts, gold, precision) -> list[dict]:
+def sharpened_sft(cfg: RunConfig, out: Path, model, tokenizer, prompts: list[HeldOutPrompt], gold,
+                  precision) -> list[dict]:
     """The SFT model at each of SHARPENING_TEMPERATURES on the best-of-n prompts, 4 answers each:
-    gold and KL."""
+    gold and KL. Kept in <out>/report/sharpened.json while the SFT model, the prompts and the
+    settings are the same."""
     messages = [p.messages for p in prompts]
-    return sharpened_gold(model, tokenizer, messages, gold, precision=precision, n_samples=4,
-                          max_new_tokens=_answer_room(cfg, model, tokenizer, messages), seed=cfg.report.seed + 2)
+    max_new, seed = _answer_room(cfg, model, tokenizer, messages), cfg.report.seed + 2
+    blob = json.dumps([messages, max_new, seed, precision, list(SHARPENING_TEMPERATURES), CACHE_VERSION,
+                       _stage_fingerprint(out / "sft")], sort_keys=True, ensure_ascii=False)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    path = out / "report" / "sharpened.json"
+    kept = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if kept is not None and kept.get("key") == key:
+        print(f"[report] the SFT model at lower temperatures: read from {path}")
+        return kept["temperatures"]
+    result = sharpened_gold(model, tokenizer, messages, gold, precision=precision, n_samples=4,
+                            max_new_tokens=max_new, seed=seed)
+    atomic_write_json(path, {"key": key, "temperatures": result})
+    return result
 
 
-def _best_of_n_samples(cfg, model, tokenizer, prompts, reward, gold, precision, show_progress) -> list[dict]:
-    """report.best_of_n T=1 answers of the SFT model to each prompt, with their gold (and RM)
-    scores: [{"gold": [...], "rm": [...] or None}] per prompt, for `best_of_n.best_of_n_curves`."""
-    k = cfg.report.best_of_n
-    messages = [p.messages for p in prompts for _ in range(k)]
+def best_of_n_messages(cfg: RunConfig, prompts: list[HeldOutPrompt]) -> list[list[dict]]:
+    """Each best-of-n prompt report.best_of_n times, in a row."""
+    return [p.messages for p in prompts for _ in range(cfg.report.best_of_n)]
+
+
+def best_of_n_answers(cfg, out, model, tokenizer, messages, precision, show_progress) -> list[tuple[str, bool]]:
+    """The SFT model's T=1 answers to `best_of_n_messages` (the answer cache's, when it has them)."""
     sampling = SamplingConfig(max_new_tokens=_answer_room(cfg, model, tokenizer, messages), temperature=1.0,
                               seed=cfg.report.seed + 1)
-    answers = answer_prompts(model, tokenizer, messages, sampling, precision, show_progress=show_progress,
-                             desc=f"SFT: best-of-{k} samples")
+    return answer_prompts(model, tokenizer, messages, sampling, precision, show_progress=show_progress,
+                          desc=f"SFT: best-of-{cfg.report.best_of_n} samples", cache=_answer_cache(out, model))
+
+
+def _score_best_of_n(cfg, messages, answers, reward, gold) -> list[dict]:
+    """The best-of-n answers' gold (and RM) scores: [{"gold": [...], "rm": [...] or None}] per
+    prompt, for `best_of_n.best_of_n_curves`."""
+    k = cfg.report.best_of_n
     texts, finished = [t for t, _ in answers], [f for _, f in answers]
     gold_scores = [gold.score(m, t, finished=f) for m, t, f in zip(messages, texts, finished)]
     rm_scores = reward.score(messages, texts, finished) if reward else None
     return [{"gold": gold_scores[i * k:(i + 1) * k], "rm": rm_scores[i * k:(i + 1) * k] if rm_scores else None}
-            for i in range(len(prompts))]
+            for i in range(len(messages) // k)]
+
+
+def model_answers(cfg: RunConfig, out: Path, name: str, model, tokenizer, messages: list[list[dict]], precision,
+                  show_progress: bool = False) -> dict[str, list[tuple[str, bool]]]:
+    """{decoding: (text, finished) per prompt} of model `name` for each of DECODINGS (the answer
+    cache's, when it has them)."""
+    longest = max(len(render_prompt(tokenizer, m)) for m in messages)
+    max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
+    if max_new < 1:
+        raise ValueError(f"held-out prompts of up to {longest} tokens leave {name} (max_seq_len "
+                         f"{model.cfg.max_seq_len}) no room to answer; use shorter prompts or a longer "
+                         "model.max_seq_len")
+    cache = _answer_cache(out, model)
+    return {decoding: answer_prompts(model, tokenizer, messages,
+                                     SamplingConfig(max_new_tokens=max_new, temperature=temperature,
+                                                    seed=cfg.report.seed),
+                                     precision, show_progress=show_progress,
+                                     desc=f"{MODEL_NAMES[name]}: {decoding}", cache=cache)
+            for decoding, temperature in DECODINGS.items()}
 
 
 def _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precision, show_progress) -> dict:
@@ -231,20 +287,12 @@ def _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precis
     results: dict[str, dict] = {}
     for name, model_dir in models.items():
         model, meta = load_model(model_dir, device)
-        tokenizer = model_tokenizer(meta)
-        longest = max(len(render_prompt(tokenizer, m)) for m in messages)
-        max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
-        if max_new < 1:
-            raise ValueError(f"held-out prompts of up to {longest} tokens leave {name} (max_seq_len "
-                             f"{model.cfg.max_seq_len}) no room to answer; use shorter prompts or a longer "
-                             "model.max_seq_len")
+        answers = model_answers(cfg, out, name, model, model_tokenizer(meta), messages, precision, show_progress)
+        del model
         results[name] = {}
-        for decoding, temperature in DECODINGS.items():
-            sampling = SamplingConfig(max_new_tokens=max_new, temperature=temperature, seed=cfg.report.seed)
-            answers = answer_prompts(model, tokenizer, messages, sampling, precision, show_progress=show_progress,
-                                     desc=f"{MODEL_NAMES[name]}: {decoding}")
-            texts = [t for t, _ in answers]
-            finished = [f for _, f in answers]
+        for decoding, pairs in answers.items():
+            texts = [t for t, _ in pairs]
+            finished = [f for _, f in pairs]
             rm_scores = reward.score(messages, texts, finished) if reward else [None] * len(texts)
             gold_scores = ([gold.score(m, t, finished=f) for m, t, f in zip(messages, texts, finished)]
                            if gold else [None] * len(texts))
@@ -252,7 +300,6 @@ def _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precis
                 {"answer": t, "finished": f, "rm": r, "gold": g}
                 for t, f, r, g in zip(texts, finished, rm_scores, gold_scores)
             ]
-        del model
     return results
 
 

@@ -22,12 +22,13 @@ from picochat.core.threads import torch_threads
 from picochat.data.sources import resolve_source
 from picochat.hf import HF_PREFIX
 from picochat.report import write_report
+from picochat.report.ahead import can_work_ahead
 from picochat.report.summary_lines import summary_line
 from picochat.run.backup import StageBackup
 from picochat.run.estimate import fmt_seconds
 from picochat.run.plan import QUICK_STAGES, REPORT, print_plan
 from picochat.run.registry import STAGES, run_stages, stage_fingerprint, stage_status, upstream_of
-from picochat.run.side_by_side import stage_beside, stage_process
+from picochat.run.side_by_side import finish_stage_process, stage_beside, stage_process
 from picochat.stages.tokenizer import tokenizer_corpus
 
 
@@ -131,14 +132,17 @@ def run_stage(name: str, cfg: RunConfig, out: Path, show_progress: bool = True, 
     return summary
 
 
-
-
-def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_progress: bool) -> dict:
+def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_progress: bool,
+                      report_next: bool) -> dict:
     """Stage `name` here and stage `other` in a child process, one thread each (`cfg.side_by_side`);
-    returns both summaries."""
+    with `report_next`, the child then does the report's work ahead until `name` is done. Returns
+    both summaries."""
+    report_ahead = report_next and can_work_ahead(cfg)
     print(f"[run] {other} trains beside {name}, one thread each, its output in {log_file(out, other)} "
-          f"(side_by_side=false runs one after the other)")
-    child = stage_process(run_stage, other, cfg, out).start()
+          f"(side_by_side=false runs one after the other)"
+          + (f"; then, until {name} is done, the report's work that needs no {name} model" if report_ahead else ""))
+    child, ahead_started = stage_process(run_stage, other, cfg, out, report_ahead)
+    child.start()
     try:
         with torch_threads(1):
             summary = run_stage(name, cfg, out, show_progress)
@@ -149,9 +153,9 @@ def _run_side_by_side(name: str, other: str, cfg: RunConfig, out: Path, show_pro
     except BaseException:
         child.stop()
         raise
-    if child.process.is_alive():
+    if child.process.is_alive() and not ahead_started.is_set():
         print(f"[run] {name} is done; waiting for {other} (its log: {log_file(out, other)})")
-    child.finish()
+    finish_stage_process(child, ahead_started)
     other_summary = json.loads((out / other / "summary.json").read_text(encoding="utf-8"))
     print(f"[{other}] done: {summary_line(other, other_summary)} -> {out / other}")
     return {name: summary, other: other_summary}
@@ -185,7 +189,7 @@ def run_pipeline(cfg: RunConfig, out: Path, stages: list[str] | None = None, sho
         if other is None:
             summaries[name] = run_stage(name, cfg, out, show_progress)
         else:
-            summaries |= _run_side_by_side(name, other, cfg, out, show_progress)
+            summaries |= _run_side_by_side(name, other, cfg, out, show_progress, REPORT in ordered)
     if distributed.is_main():
         planned = sum(v for v in (estimate or {}).values() if v is not None)
         print(f"[run] finished in {fmt_seconds(time.perf_counter() - t0)}"

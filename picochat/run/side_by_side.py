@@ -9,7 +9,9 @@ on one thread each 295 s and 220 s, so the pair was done in 295 s.
 
 DPO runs in a child process (`picochat.core.child_process`) that calls the same `run_stage` as the
 pipeline, so it checkpoints, resumes and writes its summary as always; its output goes to
-`<out>/logs/dpo.log`. The parent trains PPO on one thread meanwhile. The
+`<out>/logs/dpo.log`. The parent trains PPO on one thread meanwhile. When the run's report comes
+next, the child goes on, once DPO is done, with the report's work that needs no PPO model
+(`picochat.report.ahead`), until the parent, done with PPO, stops it. The
 results are those of one-thread runs, the same every time; a run that pins threads itself
 (`ppo.train.threads` or `dpo.train.threads`), or a machine with less than
 `picochat.core.child_process.MIN_FREE_GB` of memory free, runs the stages one after the other instead.
@@ -17,11 +19,15 @@ results are those of one-thread runs, the same every time; a run that pins threa
 
 from __future__ import annotations
 
+import multiprocessing
+import traceback
 from collections.abc import Callable
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from picochat.config import RunConfig
 from picochat.core.child_process import ChildProcess, log_file, room_for_a_child
+from picochat.report.ahead import report_work_ahead
 
 BESIDE = {"ppo": "dpo"}  # stage run in the parent -> the stage run beside it in a child process
 # Measured on the 2-core machine (module docstring): one thread each, the pair takes this many
@@ -41,6 +47,41 @@ def stage_beside(cfg: RunConfig, name: str, names: list[str], pending: Callable[
     return other if pending(name) and pending(other) and room_for_a_child() else None
 
 
-def stage_process(run_stage: Callable[..., dict], name: str, cfg: RunConfig, out: Path) -> ChildProcess:
-    """Stage `name` of the run, by the pipeline's `run_stage`, in a child process."""
-    return ChildProcess(name, log_file(out, name), run_stage, name, cfg, Path(out), False)
+def stage_process(run_stage: Callable[..., dict], name: str, cfg: RunConfig, out: Path,
+                  report_ahead: bool = False) -> tuple[ChildProcess, Event]:
+    """Stage `name` of the run, by the pipeline's `run_stage`, in a child process; with
+    `report_ahead`, the report's work ahead after it. Returns the child and the event it sets when
+    its stage is done and the work ahead begins (`finish_stage_process` reads it)."""
+    ahead_started = multiprocessing.get_context("spawn").Event()
+    child = ChildProcess(name, log_file(out, name), _stage_then_report_ahead, run_stage, name, cfg, Path(out),
+                         ahead_started if report_ahead else None)
+    return child, ahead_started
+
+
+def finish_stage_process(child: ChildProcess, ahead_started: Event) -> None:
+    """Wait for the child's stage; then stop the report's work ahead if it is still at it (the
+    report computes what it did not finish). Raises as `ChildProcess.finish` when the stage failed."""
+    while child.process.is_alive() and not ahead_started.is_set():
+        child.process.join(timeout=0.2)
+    if child.process.is_alive():  # its stage is done
+        child.stop()
+    else:
+        child.finish()
+
+
+def _stage_then_report_ahead(run_stage: Callable[..., dict], name: str, cfg: RunConfig, out: Path,
+                             ahead_started: Event | None) -> None:
+    """The child's body: the stage, then (when `ahead_started` is given) the report's work ahead
+    until the parent stops it. The work ahead only saves the report time: when it fails, the
+    report computes the same pieces and says what is wrong, so the stage's process still succeeds."""
+    run_stage(name, cfg, out, False)
+    if ahead_started is None:
+        return
+    ahead_started.set()
+    try:
+        report_work_ahead(cfg, out)
+    except KeyboardInterrupt:
+        print("[report] ahead: stopped, the report computes the rest", flush=True)
+    except Exception:
+        traceback.print_exc()
+        print("[report] ahead: failed (above); the report computes these pieces itself", flush=True)
