@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from conftest import TINY, tiny_without
 
 from picochat.cli.main import main
 from picochat.core.child_process import log_file
+from picochat.run import side_by_side
 
 
 @pytest.fixture
@@ -149,8 +151,6 @@ def test_the_report_reads_the_work_done_ahead_and_writes_the_same_report(run_dir
 
 def test_dpo_s_process_works_ahead_for_the_report_until_ppo_is_done(run_dir, tmp_path, two_threads, capsys,
                                                                    monkeypatch):
-    import time
-
     from picochat.train.ppo import PPOTrainer
 
     run = _copy_without_rl(run_dir, tmp_path / "run")
@@ -177,38 +177,39 @@ def test_dpo_s_process_works_ahead_for_the_report_until_ppo_is_done(run_dir, tmp
     assert _comparison(run) == _comparison(run_dir)
 
 
-def _sets_then_waits(started) -> None:
-    """A child's body that reaches its work ahead at once and would work on for a minute."""
-    import time
-
-    started.set()
-    try:
-        time.sleep(60)
-    except KeyboardInterrupt:
-        print("stopped")
+def _stage_then_a_minute_of_work(run_stage, name, cfg, out, started) -> None:
+    """A fake `run_stage` (done at once) whose work ahead would last a minute."""
+    side_by_side.report_work_ahead = lambda cfg, out: time.sleep(60)  # in the child's own interpreter
+    side_by_side._stage_then_report_ahead(lambda *args: None, name, cfg, out, started)
 
 
 def _fails(started) -> None:
     raise ValueError("the stage failed")
 
 
-def test_the_work_ahead_is_stopped_when_the_parent_is_done_but_a_failed_stage_is_raised(tmp_path):
+def test_the_work_ahead_is_stopped_when_the_parent_is_done_even_with_sigint_ignored(tmp_path):
+    """A run started in the background by a script (or with nohup) ignores SIGINT, and its children
+    inherit that: the parent must still stop the work ahead at once."""
     import multiprocessing
-    import time
+    import signal
 
     from picochat.core.child_process import ChildProcess
-    from picochat.run.side_by_side import finish_stage_process
 
     started = multiprocessing.get_context("spawn").Event()
-    child = ChildProcess("dpo", tmp_path / "dpo.log", _sets_then_waits, started).start()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = ChildProcess("dpo", tmp_path / "dpo.log", _stage_then_a_minute_of_work, None, "dpo", None, tmp_path,
+                             started).start()
+    finally:
+        signal.signal(signal.SIGINT, before)
     t0 = time.time()
-    finish_stage_process(child, started)
+    side_by_side.finish_stage_process(child, started)
     assert time.time() - t0 < 30 and not child.process.is_alive()
-    assert "stopped" in (tmp_path / "dpo.log").read_text(encoding="utf-8")
+    assert "[report] ahead: stopped" in (tmp_path / "dpo.log").read_text(encoding="utf-8")
     started = multiprocessing.get_context("spawn").Event()
     child = ChildProcess("dpo", tmp_path / "failed.log", _fails, started).start()
     with pytest.raises(RuntimeError, match="stopped with exit code 1"):
-        finish_stage_process(child, started)
+        side_by_side.finish_stage_process(child, started)
 
 
 def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_where_one_run_ends(
@@ -219,7 +220,6 @@ def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_wher
     import signal
     import subprocess
     import sys
-    import time
 
     args = [*TINY, "ppo.train.max_steps=12", "ppo.train.ckpt_every=1", "dpo.train.max_steps=150"]
     clean = _copy_without_rl(run_dir, tmp_path / "clean")
