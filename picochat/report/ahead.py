@@ -51,9 +51,11 @@ def report_work_ahead(cfg: RunConfig, out: Path) -> None:
 
 
 def _pieces(cfg: RunConfig, out: Path) -> list[tuple[str, Callable[[], object]]]:
-    """(what, work) in the order to do them: the comparison's pieces and the benchmark cards in
-    turn, largest first, so that when PPO ends first the two halves the report runs side by side
-    (comparison here, cards in a child) are left about equally long."""
+    """(what, work) in the order to do them: benchmark cards and the comparison's pieces in turn,
+    so that when PPO ends the two halves the report runs side by side (the comparison, and the
+    cards in a child) are left about equally long. On the tiny preset, on one thread: the cards
+    18-27 s each, the SFT model at lower temperatures 34 s, its best-of-16 samples 20 s, each
+    model's answers 5-11 s."""
     models = {m: d for m, d in compared_models(out).items() if m in AHEAD_MODELS}
     prompts, _, n_best = report_prompts(cfg, out, models)
     device = default_device()
@@ -78,12 +80,12 @@ def _pieces(cfg: RunConfig, out: Path) -> list[tuple[str, Callable[[], object]]]
         best_of_n_answers(cfg, out, sft, model_tokenizer(meta), best_of_n_messages(cfg, prompts[:n_best]),
                           precision, False)
 
-    pieces = []
+    pieces = [card("pretrain")]  # the smallest card first: on a quiet machine DPO ends only ~20 s before PPO
     if n_best:
         pieces += [("the SFT model at lower temperatures", sharpened)]
     pieces += [card("sft")]
     if n_best:
         pieces += [(f"the SFT model's best-of-{cfg.report.best_of_n} samples", best_of_n)]
-    pieces += [card("dpo"), card("pretrain")]
+    pieces += [card("dpo")]
     pieces += [answers(name) for name in ("pretrain", "sft", "dpo") if name in models and prompts]
     return pieces
