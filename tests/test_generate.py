@@ -163,3 +163,23 @@ def test_a_repeated_prompt_is_prefilled_once_and_its_rows_sample_as_before(monke
         expected = model(ids, kv_cache=full)[:, -1]
     assert torch.equal(logits, expected)
     assert torch.equal(cache.kv[..., :7, :], full.kv[..., :7, :])
+
+
+def test_one_prompt_decodes_in_fp32_under_bf16_autocast_on_cpu(monkeypatch):
+    """At one row oneDNN's bf16 matmul costs about twice fp32's, so a single prompt is decoded in
+    fp32 on a CPU even under bf16 autocast: the fp32 answer. A batch keeps the autocast dtype."""
+    model = tiny_model()
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, seed=3)
+    dtypes = []
+    forward = GPT.forward
+    monkeypatch.setattr(GPT, "forward", lambda self, ids, **kw: dtypes.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32) or forward(
+        self, ids, **kw))
+    fp32 = generate(model, [PROMPTS[0]], cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        single = generate(model, [PROMPTS[0]], cfg)
+        assert set(dtypes) == {torch.float32}
+        dtypes.clear()
+        generate(model, PROMPTS[:2], cfg)
+    assert single[0].tokens == fp32[0].tokens
+    assert set(dtypes) == {torch.bfloat16}
