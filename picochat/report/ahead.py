@@ -1,7 +1,8 @@
 """The report's work that needs no PPO model, done while PPO still trains.
 
-With DPO beside PPO (`picochat.run.side_by_side`), DPO ends minutes before PPO on the tiny preset
-(3:35 against 5:38 in a fresh demo), and its process would then wait with nothing to do. It does
+With DPO beside PPO (`picochat.run.side_by_side`), DPO ends before PPO on the tiny preset (3:20
+against 5:43 in a demo on a loaded machine, 2:39 against 3:42 on a quiet one), and its process
+would then wait with nothing to do. It does
 the report's work that needs only the models already trained instead: the pretrained, SFT and DPO
 models' benchmark cards and answers to the report's held-out prompts, the SFT model's best-of-n
 samples and its answers at lower temperatures. Each piece lands where the report looks first (the
@@ -54,7 +55,7 @@ def _pieces(cfg: RunConfig, out: Path) -> list[tuple[str, Callable[[], object]]]
     """(what, work) in the order to do them: benchmark cards and the comparison's pieces in turn,
     so that when PPO ends the two halves the report runs side by side (the comparison, and the
     cards in a child) are left about equally long. On the tiny preset, on one thread: the cards
-    18-27 s each, the SFT model at lower temperatures 34 s, its best-of-16 samples 20 s, each
+    15-27 s each, the SFT model at lower temperatures 34 s, its best-of-16 samples 20 s, each
     model's answers 5-11 s."""
     models = {m: d for m, d in compared_models(out).items() if m in AHEAD_MODELS}
     prompts, _, n_best = report_prompts(cfg, out, models)
