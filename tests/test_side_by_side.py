@@ -212,6 +212,37 @@ def test_the_work_ahead_is_stopped_when_the_parent_is_done_even_with_sigint_igno
         side_by_side.finish_stage_process(child, started)
 
 
+def _waits_a_minute() -> None:
+    print("waiting", flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("interrupted")
+
+
+def test_a_child_stops_on_the_parent_s_sigint_even_when_the_run_ignores_sigint(tmp_path):
+    """`ChildProcess.stop()` (a failed or interrupted stage beside it) sends SIGINT. A run started
+    in the background ignores SIGINT and a spawned child inherits that; the child listens anyway."""
+    import signal
+
+    from picochat.core.child_process import ChildProcess
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = ChildProcess("dpo", tmp_path / "dpo.log", _waits_a_minute).start()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    log = tmp_path / "dpo.log"
+    deadline = time.time() + 120
+    while "waiting" not in (log.read_text(encoding="utf-8") if log.exists() else ""):  # its interpreter is up
+        assert time.time() < deadline
+        time.sleep(0.05)
+    t0 = time.time()
+    child.stop()
+    assert time.time() - t0 < 30
+    assert "interrupted" in (tmp_path / "dpo.log").read_text(encoding="utf-8")
+
+
 def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_where_one_run_ends(
         run_dir, tmp_path, two_threads):
     """Ctrl-C at the terminal reaches both processes: each stops after its step with a checkpoint,

@@ -89,5 +89,9 @@ def _child(log: Path, target: Callable, args: tuple) -> None:
         os.dup2(f.fileno(), 2)
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
+    # A run started in the background by a script (or with nohup) ignores SIGINT, and a spawned
+    # child inherits that: `stop()` would then wait for the child's whole stage. The parent's
+    # SIGINT is the child's only one there (a terminal's Ctrl-C does not reach a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     target(*args)
