@@ -132,14 +132,15 @@ def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], mode
 
 
 def _kept_comparison(cfg: RunConfig, out: Path):
-    """(compare.json's path, the models, the prompts, their source, the key, the kept comparison
-    when its key is this one, else None)."""
+    """(compare.json's path, the models, the prompts, their source, how many of them get best-of-n
+    samples, the key, the kept comparison when its key is this one, else None)."""
     path = out / "report" / "compare.json"
     models = compared_models(out)
-    prompts, source, _ = report_prompts(cfg, out, models)
+    prompts, source, n_best = report_prompts(cfg, out, models)
     key = comparison_key(cfg, out, prompts, models)
     cached = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-    return path, models, prompts, source, key, cached if cached is not None and cached.get("key") == key else None
+    kept = cached if cached is not None and cached.get("key") == key else None
+    return path, models, prompts, source, n_best, key, kept
 
 
 def comparison_is_kept(cfg: RunConfig, out: Path) -> bool:
@@ -151,13 +152,12 @@ def compare_models(cfg: RunConfig, out: Path, show_progress: bool = True) -> dic
     """Answers and scores of every finished model on the same held-out prompts (reused from
     `<out>/report/compare.json` when nothing they depend on changed)."""
     out = Path(out)
-    path, models, prompts, source, key, cached = _kept_comparison(cfg, out)
+    path, models, prompts, source, n_best, key, cached = _kept_comparison(cfg, out)
     if cached is not None:
         print(f"[report] models, reward model and prompts unchanged: reusing the comparison in {path}")
         return cached
     t0 = time.perf_counter()
     result = {"key": key, "source": source, "prompts": [asdict(p) for p in prompts], "models": {}}
-    n_best = min(cfg.report.best_of_n_prompts, len(prompts)) if key["models"]["sft"] is not None and key["gold"] else 0
     if (prompts and models) or n_best:
         result |= _with_report_threads(cfg, lambda device, precision: _answer_and_score(
             cfg, out, prompts, models, n_best, key, device, precision, source, show_progress))
@@ -266,9 +266,9 @@ def model_answers(cfg: RunConfig, out: Path, name: str, model, tokenizer, messag
                   show_progress: bool = False) -> dict[str, list[tuple[str, bool]]]:
     """{decoding: (text, finished) per prompt} of model `name` for each of DECODINGS (the answer
     cache's, when it has them)."""
-    longest = max(len(render_prompt(tokenizer, m)) for m in messages)
-    max_new = min(cfg.report.max_new_tokens, model.cfg.max_seq_len - longest)
+    max_new = _answer_room(cfg, model, tokenizer, messages)
     if max_new < 1:
+        longest = model.cfg.max_seq_len - max_new
         raise ValueError(f"held-out prompts of up to {longest} tokens leave {name} (max_seq_len "
                          f"{model.cfg.max_seq_len}) no room to answer; use shorter prompts or a longer "
                          "model.max_seq_len")
