@@ -202,6 +202,7 @@ def test_the_work_ahead_is_stopped_when_the_parent_is_done_even_with_sigint_igno
                              started).start()
     finally:
         signal.signal(signal.SIGINT, before)
+    assert started.wait(timeout=120)  # the child's interpreter is up and in its work ahead
     t0 = time.time()
     side_by_side.finish_stage_process(child, started)
     assert time.time() - t0 < 30 and not child.process.is_alive()
