@@ -16,6 +16,12 @@ call (prefill + 128 decode steps) and that over 128 (per generated token of a ro
 
     python -m bench.generate                            # random-init tiny-preset model
     python -m bench.generate --ckpt runs/tiny/sft       # a trained picochat model
+    python -m bench.generate --compile                  # the compiled ones too
+
+--compile adds two runners in the same windows: picochat's `generate(compiled=True)` (a compiled
+step over a static KV cache, picochat/core/decode_step.py) and transformers as its documentation
+recommends for compiled decoding (`cache_implementation="static"`, its forward through
+`torch.compile`). They compile in the first, untimed calls.
 """
 
 from __future__ import annotations
@@ -68,12 +74,12 @@ def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def picochat_runner(model: GPT, prompts: list[list[int]], new_tokens: int, precision: str):
+def picochat_runner(model: GPT, prompts: list[list[int]], new_tokens: int, precision: str, compiled: bool):
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
 
     def run() -> list[list[int]]:
         with autocast(precision, torch.device("cpu")):
-            return [r.tokens for r in generate(model, prompts, sampling, pad_id=PAD_ID)]
+            return [r.tokens for r in generate(model, prompts, sampling, pad_id=PAD_ID, compiled=compiled)]
 
     return run
 
@@ -102,13 +108,23 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, int]:
     return agreed / max(1, total), equal_rows
 
 
-def run(args) -> dict:
-    model = load_model(args.ckpt, args.micro)
+def configured_twin(model: GPT, compiled: bool):
+    """transformers' twin of `model`, generating exactly new_tokens per row (no end token); compiled:
+    a static cache and the forward through torch.compile, as transformers documents it."""
     hf = hf_twin(model).eval()
-    # no end-of-sequence token: both generate exactly new_tokens tokens per row
     hf.generation_config.eos_token_id = None
     hf.generation_config.bos_token_id = None
     hf.generation_config.pad_token_id = PAD_ID
+    if compiled:
+        hf.generation_config.cache_implementation = "static"
+        hf.forward = torch.compile(hf.forward)
+    return hf
+
+
+def run(args) -> dict:
+    model = load_model(args.ckpt, args.micro)
+    hf = configured_twin(model, compiled=False)
+    hf_compiled = configured_twin(model, compiled=True) if args.compile else None
     probe = torch.randint(1, model.cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     diff = check_same_logits(model, hf, probe)
     print(f"same weights: max |logit diff| {diff:.1e}", flush=True)
@@ -118,31 +134,40 @@ def run(args) -> dict:
     for precision in precisions:
         for batch_size in args.batch_sizes:
             prompts = make_prompts(batch_size, model.cfg.vocab_size, prompt_len)
-            runners = {"picochat": picochat_runner(model, prompts, args.new_tokens, precision),
+            runners = {"picochat": picochat_runner(model, prompts, args.new_tokens, precision, compiled=False),
                        "transformers": transformers_runner(hf, prompts, args.new_tokens, precision)}
-            outputs = {name: r() for name, r in runners.items()}
-            agreed, equal_rows = agreement(outputs["picochat"], outputs["transformers"])
-            if precision == "fp32" and equal_rows != batch_size:
-                raise AssertionError(
-                    f"greedy outputs differ in fp32 at batch {batch_size}: {equal_rows}/{batch_size} rows equal, "
-                    f"{agreed:.1%} of tokens agree before the first difference")
+            if args.compile:
+                runners["picochat compiled"] = picochat_runner(model, prompts, args.new_tokens, precision,
+                                                               compiled=True)
+                runners["transformers compiled"] = transformers_runner(hf_compiled, prompts, args.new_tokens,
+                                                                       precision)
+            outputs = {name: r() for name, r in runners.items()}  # the compiled ones compile here, untimed
+            agreements = {name: agreement(outputs[name], outputs["transformers"]) for name in runners}
+            for name, (agreed, equal_rows) in agreements.items():
+                if precision == "fp32" and equal_rows != batch_size:
+                    raise AssertionError(
+                        f"greedy outputs of {name} and transformers differ in fp32 at batch {batch_size}: "
+                        f"{equal_rows}/{batch_size} rows equal, {agreed:.1%} of tokens agree before the first "
+                        f"difference")
             times = interleaved_times(runners, warmup=args.warmup, windows=args.windows, reps_per_window=1)
-            speedup = paired_speedup(times["picochat"], times["transformers"])
             for name in runners:
                 t = median(times[name])
+                agreed, equal_rows = agreements[name]
                 rows.append({"precision": precision, "batch": batch_size, "framework": name,
                              "tokens_per_s": batch_size * args.new_tokens / t, "latency_ms": 1000 * t,
                              "ms_per_token": 1000 * t / args.new_tokens,
-                             "speedup_vs_transformers": speedup if name == "picochat" else 1.0,
+                             "speedup_vs_transformers": paired_speedup(times[name], times["transformers"]),
+                             "speedup_vs_transformers_compiled":
+                                 paired_speedup(times[name], times["transformers compiled"]) if args.compile else None,
                              "greedy_rows_equal": f"{equal_rows}/{batch_size}", "greedy_token_agreement": agreed,
                              "window_latency_ms": [1000 * x for x in times[name]]})
-            print(f"[{precision} batch {batch_size}] picochat / transformers = {speedup:.2f}x; greedy rows equal "
-                  f"{equal_rows}/{batch_size} ({agreed:.1%} tokens)", flush=True)
+            summary = "; ".join(f"{name} {paired_speedup(times[name], times['transformers']):.2f}x"
+                                for name in runners if name != "transformers")
+            print(f"[{precision} batch {batch_size}] against transformers: {summary}", flush=True)
     return {"machine": machine_info("transformers"), "model": model.cfg.to_dict(), "checkpoint": args.ckpt,
             "settings": {"new_tokens": args.new_tokens, "prompt_len_max": prompt_len, "warmup": args.warmup,
-                         "windows": args.windows},
+                         "windows": args.windows, "compiled": args.compile},
             "max_logit_diff": diff, "results": rows}
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--micro", action="store_true", help="a micro random model (smoke test)")
+    p.add_argument("--compile", action="store_true",
+                   help="also both compiled: picochat's compiled decode step, transformers' static cache and "
+                        "compiled forward")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -164,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result["results"], [
         ("precision", "precision"), ("batch", "batch"), ("framework", "framework"), ("tokens_per_s", "tokens/s"),
         ("latency_ms", "ms/call"), ("ms_per_token", "ms/token"), ("speedup_vs_transformers", "x transformers"),
+        *([("speedup_vs_transformers_compiled", "x transformers compiled")] if args.compile else []),
         ("greedy_rows_equal", "greedy rows equal"), ("greedy_token_agreement", "token agreement")]))
     emit_json("generate", result)
     return 0

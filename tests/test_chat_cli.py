@@ -106,3 +106,15 @@ def test_streamer_never_splits_a_character(tok):
     assert streamer.finish() == text
     assert "".join(writes) == text
     assert all("\ufffd" not in w for w in writes)
+
+
+def test_compiled_chat_replies_as_the_eager_one(model_dir):
+    """--compile decodes each reply with the compiled step: greedy replies are the eager ones."""
+    replies = {}
+    for flags in ((), ("--compile",)):
+        stdout = io.StringIO()
+        args = parse_args("--ckpt", str(model_dir), "--temperature", "0", "--max-new-tokens", "12", *flags)
+        assert cmd_chat(args, stdin=io.StringIO("hello\nwho are you?\n"), stdout=stdout) == 0
+        replies[flags] = stdout.getvalue()
+    assert replies[()].count("bot> ") == 2
+    assert replies[("--compile",)] == replies[()]

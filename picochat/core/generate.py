@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from picochat.core.decode_step import CompiledDecoder, StaticCache, can_compile_decode
 from picochat.core.model import GPT, KVCache
 
 
@@ -95,6 +96,7 @@ def generate(
     pad_id: int = 0,
     use_cache: bool = True,
     on_token: Callable[[int, int], None] | None = None,
+    compiled: bool = False,
 ) -> list[GenerationResult]:
     """Continue each prompt; returns one GenerationResult per prompt, in order.
 
@@ -102,7 +104,10 @@ def generate(
     do not silently cut prompts). on_token(row, token_id) is called for each returned token as it
     is sampled (streaming). use_cache=False recomputes the whole sequence every step: slow, but
     the reference the cached path is tested against. The model has no dropout, so train/eval mode
-    does not matter; dtype follows the caller's autocast, if any.
+    does not matter; dtype follows the caller's autocast, if any. compiled=True decodes with a
+    compiled step over a static cache (picochat/core/decode_step.py): the first call of a batch
+    size compiles for seconds, the later ones decode faster; models whose parameters are not fp32
+    decode eagerly.
     """
     if model.cfg.head != "lm":
         raise ValueError(f"generate needs a model with head='lm', this one has head={model.cfg.head!r}")
@@ -123,7 +128,7 @@ def generate(
         # fp32's ≈21 µs, so a single prompt is decoded in fp32 under bf16 autocast too: 1.4x faster
         # (a chat turn, `picochat sample`) and exact. Batches keep the autocast dtype (bench/README.md).
         with torch.autocast("cpu", enabled=False):
-            return generate(model, prompts, cfg, pad_id, use_cache, on_token)
+            return generate(model, prompts, cfg, pad_id, use_cache, on_token, compiled)
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -145,6 +150,10 @@ def generate(
         cache = None
         logits = model(ids, position_ids=positions, attention_mask=mask[:, :longest] if padded else None)[:, -1]
     next_positions = positions[:, -1:]  # (B, 1)
+    decoder = CompiledDecoder(model) if compiled and use_cache and can_compile_decode(model) else None
+    if decoder is not None:
+        weights = decoder.weights(cache)
+        cache = StaticCache(cache, mask.bool())
 
     stop_ids = set(cfg.stop_ids)
     results = [GenerationResult(tokens=[], finish_reason="length") for _ in prompts]
@@ -177,7 +186,9 @@ def generate(
         next_positions = next_positions + 1
         seen = longest + step + 1  # slots holding a token once this step's token is fed
         step_mask = mask[:, :seen] if padded else None
-        if use_cache:
+        if decoder is not None:
+            logits = decoder(next_ids[:, None], next_positions, seen - 1, cache, weights)
+        elif use_cache:
             logits = model(next_ids[:, None], position_ids=next_positions, attention_mask=step_mask,
                            kv_cache=cache)[:, -1]
         else:
