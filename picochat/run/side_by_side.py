@@ -82,8 +82,10 @@ def _stage_then_report_ahead(run_stage: Callable[..., dict], name: str, cfg: Run
     # The parent stops the work ahead with SIGTERM, not SIGINT: a run started in the background by a
     # script or with nohup ignores SIGINT, in its children too, and the parent would wait for all of it.
     signal.signal(signal.SIGTERM, _interrupt)
-    ahead_started.set()
     try:
+        # inside the try: the parent may stop the work ahead as soon as it sees the event, while
+        # set() is still returning
+        ahead_started.set()
         report_work_ahead(cfg, out)
     except KeyboardInterrupt:
         print("[report] ahead: stopped, the report computes the rest", flush=True)
