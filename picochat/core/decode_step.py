@@ -68,7 +68,6 @@ def decode_logits(ids, positions, slot, visible, keys, values, embed, rope_cos, 
     dtype = layers[0][1].dtype  # what q and k are in (the autocast dtype under autocast)
     cos = rope_cos[positions][:, None].to(dtype)  # (B, 1, 1, D)
     sin = rope_sin[positions][:, None].to(dtype)
-    mask = visible[:, None, None, :]  # (B, 1, 1, width)
     for i, (w_norm1, w_qkv, w_o, w_norm2, w_gate_up, w_down) in enumerate(layers):
         h = F.rms_norm(x, (x.shape[-1],), w_norm1, eps)
         qkv = F.linear(h, w_qkv).view(B, 1, n_heads + 2 * n_kv_heads, head_dim).transpose(1, 2)
@@ -80,7 +79,12 @@ def decode_logits(ids, positions, slot, visible, keys, values, embed, rope_cos, 
         if n_kv_heads != n_heads:
             k_all = k_all.repeat_interleave(n_heads // n_kv_heads, dim=1)
             v_all = v_all.repeat_interleave(n_heads // n_kv_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, H, 1, D)
+        # Attention of one query, written out: inductor fuses it into one loop over the cache, where
+        # SDPA's CPU kernel or two batched matmuls cost more at one query (bench/README.md). A
+        # masked slot's score is -inf, so its weight is exactly 0.
+        scores = (q * k_all).sum(-1) * head_dim ** -0.5  # (B, H, width)
+        attn = scores.masked_fill(~visible[:, None, :], float("-inf")).softmax(-1)
+        y = (attn[..., None] * v_all).sum(-2, keepdim=True)  # (B, H, 1, D)
         x = x + F.linear(y.transpose(1, 2).reshape(B, 1, -1), w_o)
         gate, up = F.linear(F.rms_norm(x, (x.shape[-1],), w_norm2, eps), w_gate_up).chunk(2, dim=-1)
         x = x + F.linear(F.silu(gate) * up, w_down)
