@@ -244,6 +244,24 @@ def test_a_child_stops_on_the_parent_s_sigint_even_when_the_run_ignores_sigint(t
     assert "interrupted" in (tmp_path / "dpo.log").read_text(encoding="utf-8")
 
 
+def test_a_stop_while_the_child_starts_is_not_lost_when_the_run_ignores_sigint(tmp_path):
+    """stop() right after start(), while the child's interpreter is still importing: a SIGINT sent
+    then would be ignored (inherited), so stop() waits until the child listens, then stops it."""
+    import signal
+
+    from picochat.core.child_process import ChildProcess
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = ChildProcess("dpo", tmp_path / "dpo.log", _waits_a_minute).start()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    t0 = time.time()
+    child.stop()
+    assert time.time() - t0 < 45  # the interpreter's start, not the child's minute
+    assert not child.process.is_alive()
+
+
 def test_ctrl_c_stops_both_stages_with_their_checkpoints_and_the_rerun_ends_where_one_run_ends(
         run_dir, tmp_path, two_threads):
     """Ctrl-C at the terminal reaches both processes: each stops after its step with a checkpoint,

@@ -56,7 +56,11 @@ class ChildProcess:
         self.log = Path(log)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         context = multiprocessing.get_context("spawn")
-        self.process = context.Process(target=_child, args=(self.log, target, args), name=f"picochat-{name}")
+        # set by the child once it listens to SIGINT: a SIGINT sent before (while its interpreter
+        # starts, in a run that ignores SIGINT) would be lost, so `stop()` waits for it
+        self.listening = context.Event()
+        self.process = context.Process(target=_child, args=(self.log, self.listening, target, args),
+                                       name=f"picochat-{name}")
 
     def start(self) -> ChildProcess:
         self.process.start()
@@ -77,12 +81,14 @@ class ChildProcess:
         grace_s: first wait this long for it to stop by itself (a Ctrl-C at the terminal reaches
         every process of the group: a second one would abort its checkpoint)."""
         self.process.join(timeout=grace_s)
+        while self.process.is_alive() and not self.listening.wait(timeout=0.1):
+            pass  # its interpreter is still starting
         if self.process.is_alive():
             os.kill(self.process.pid, signal.SIGINT)
         self.process.join()
 
 
-def _child(log: Path, target: Callable, args: tuple) -> None:
+def _child(log: Path, listening, target: Callable, args: tuple) -> None:
     """The child's body: one thread, output to the log (C++ warnings too), then the work."""
     with open(log, "a", encoding="utf-8") as f:
         os.dup2(f.fileno(), 1)
@@ -93,5 +99,6 @@ def _child(log: Path, target: Callable, args: tuple) -> None:
     # child inherits that: `stop()` would then wait for the child's whole stage. The parent's
     # SIGINT is the child's only one there (a terminal's Ctrl-C does not reach a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    listening.set()
     torch.set_num_threads(1)
     target(*args)
