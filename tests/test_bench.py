@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+def run_module(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_train_benchmark_micro_prints_its_json_line():
@@ -53,3 +53,19 @@ def test_shared_prefill_benchmark_times_four_variants_with_the_same_answers(run_
     assert [line.split(" median")[0].strip() for line in lines[1:5]] == [
         "as committed", "every row prefilled", "no_grad, not inference_mode", "neither (before)"]
     assert lines[-1] == "the same answers in all four: True"
+
+
+def test_generate_benchmark_micro_compiled_gives_transformers_tokens():
+    """The generation benchmark with --compile: four runners, each fp32 row token for token
+    transformers' (the benchmark fails otherwise), the compiled ones with their compile time."""
+    out = run_module("bench.generate", "--micro", "--compile", "--precisions", "fp32", "--batch-sizes", "3",
+                     "--new-tokens", "8", "--prompt-len", "8", "--windows", "2", "--threads", "1",
+                     timeout=600)  # two compiles with a cold cache on a busy machine
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "generate" and result["settings"]["compiled"] is True
+    rows = {r["framework"]: r for r in result["results"]}
+    assert set(rows) == {"picochat", "transformers", "picochat compiled", "transformers compiled"}
+    for row in rows.values():
+        assert row["greedy_rows_equal"] == "3/3" and row["tokens_per_s"] > 0 and row["first_call_s"] > 0
+        assert row["speedup_vs_transformers"] > 0 and row["speedup_vs_transformers_compiled"] > 0

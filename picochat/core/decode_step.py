@@ -45,7 +45,6 @@ class StaticCache:
                 store.append(t)
         self.visible = visible.clone()  # (B, width) bool: slots a new token may attend to
         self.visible[:, written:] = False
-        self.length = written
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep these batch rows, in this order (as `KVCache.keep_rows`)."""
