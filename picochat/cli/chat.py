@@ -49,8 +49,9 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible replies")
     parser.add_argument("--compile", action="store_true",
-                        help="decode with a compiled step (--ckpt): the first reply waits while it compiles "
-                             "(10-30 s), later ones stream faster (about 2x on a CPU, bench/README.md)")
+                        help="decode with a compiled step (--ckpt): the first two replies wait while it compiles "
+                             "(about 10 s each on a 2-core CPU, less once inductor's disk cache has it), later "
+                             "ones stream 2-2.5x faster on a CPU (bench/README.md)")
 
 
 def cmd_chat(args, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
