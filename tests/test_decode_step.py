@@ -97,7 +97,7 @@ def test_a_failed_compile_warns_once_and_decodes_eagerly(monkeypatch):
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler found"):
         got = generate(model, PROMPTS, greedy, compiled=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # said once
+        warnings.simplefilter("error", UserWarning)  # said once
         again = generate(model, PROMPTS, greedy, compiled=True)
     expected = [r.tokens for r in generate(model, PROMPTS, greedy)]
     assert [r.tokens for r in got] == expected == [r.tokens for r in again]
