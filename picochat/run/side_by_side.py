@@ -20,7 +20,6 @@ results are those of one-thread runs, the same every time; a run that pins threa
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import traceback
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
@@ -64,9 +63,8 @@ def finish_stage_process(child: ChildProcess, ahead_started: Event) -> None:
     report computes what it did not finish). Raises as `ChildProcess.finish` when the stage failed."""
     while child.process.is_alive() and not ahead_started.is_set():
         child.process.join(timeout=0.2)
-    if child.process.is_alive():  # its stage is done: stop the work ahead (SIGTERM, see below)
-        child.process.terminate()
-        child.process.join()
+    if child.process.is_alive():  # its stage is done: stop the work ahead as Ctrl-C does
+        child.stop()
     else:
         child.finish()
 
@@ -79,12 +77,9 @@ def _stage_then_report_ahead(run_stage: Callable[..., dict], name: str, cfg: Run
     run_stage(name, cfg, out, False)
     if ahead_started is None:
         return
-    # The parent stops the work ahead with SIGTERM, not SIGINT: a run started in the background by a
-    # script or with nohup ignores SIGINT, in its children too, and the parent would wait for all of it.
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        # inside the try: the parent may stop the work ahead as soon as it sees the event, while
-        # set() is still returning
+        # inside the try: the parent may stop the work ahead (`ChildProcess.stop`, a SIGINT) as soon
+        # as it sees the event, while set() is still returning
         ahead_started.set()
         report_work_ahead(cfg, out)
     except KeyboardInterrupt:
@@ -92,7 +87,3 @@ def _stage_then_report_ahead(run_stage: Callable[..., dict], name: str, cfg: Run
     except Exception:
         traceback.print_exc()
         print("[report] ahead: failed (above); the report computes these pieces itself", flush=True)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # unwinds as Ctrl-C does: a file being written is not left half-written
