@@ -108,8 +108,16 @@ def test_streamer_never_splits_a_character(tok):
     assert all("\ufffd" not in w for w in writes)
 
 
-def test_compiled_chat_replies_as_the_eager_one(model_dir):
+def test_compiled_chat_replies_as_the_eager_one(model_dir, monkeypatch):
     """--compile decodes each reply with the compiled step: greedy replies are the eager ones."""
+    asked = []
+    real_generate = chat_cli.generate
+
+    def spy(model, batch, cfg, **kw):
+        asked.append(kw.get("compiled", False))
+        return real_generate(model, batch, cfg, **kw)
+
+    monkeypatch.setattr(chat_cli, "generate", spy)
     replies = {}
     for flags in ((), ("--compile",)):
         stdout = io.StringIO()
@@ -118,3 +126,4 @@ def test_compiled_chat_replies_as_the_eager_one(model_dir):
         replies[flags] = stdout.getvalue()
     assert replies[()].count("bot> ") == 2
     assert replies[("--compile",)] == replies[()]
+    assert asked == [False, False, True, True]  # two turns each, the second chat compiled
