@@ -113,6 +113,14 @@ def test_report_figures_are_the_run_files_figures(run_dir, tmp_path, capsys):
     assert golds == [r["gold"] for r in sft]
     rm = RewardModel.load(run / "rm").score(prompts, [r["answer"] for r in sft], [r["finished"] for r in sft])
     assert max(abs(a - r["rm"]) for a, r in zip(rm, sft)) < 1e-3
+    # Where the points went: each answer's lost points are the gold scorer's, the report's row their mean.
+    greedy = comparison["models"]["sft"]["greedy"]
+    lost = [gold.breakdown(p, r["answer"], finished=r["finished"]).lost_points() for p, r in zip(prompts, greedy)]
+    assert [r["lost"] for r in greedy] == lost
+    cells = _row(report, "SFT", "## Where the answers lose gold points")
+    assert cells[1:3] == ["greedy", f"{statistics.fmean(r['gold'] for r in greedy):.3f}"]
+    assert cells[3:6] == [f"{statistics.fmean(x[part] for x in lost):.3f}" for part in ("format", "style", "safety")]
+    assert f"SFT's greedy answers lose {float(cells[6]):.3f} to behaviour" in report
 
     # Change the files: the regenerated report says what they now say.
     pre["tokens_per_s"] = 12345.0

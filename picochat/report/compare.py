@@ -43,6 +43,8 @@ from picochat.world.text import CJK
 # round's PPO policy (`rounds`, which lives in the rounds stage's round_<r>/ppo).
 MODEL_NAMES = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO", "rounds": "PPO, last round", "dpo": "DPO"}
 DECODINGS = {"sampled": 1.0, "greedy": 0.0}  # name -> temperature
+# 2: each answer's row holds the gold points it lost, by part (GoldScore.lost_points).
+COMPARISON_VERSION = 2
 
 
 @dataclass
@@ -120,6 +122,7 @@ def comparison_key(cfg: RunConfig, out: Path, prompts: list[HeldOutPrompt], mode
     blob = json.dumps([asdict(p) for p in prompts], sort_keys=True, ensure_ascii=False)
     later = models.get("rounds")  # in the key only when there is one: earlier keys stay valid
     return {
+        "version": COMPARISON_VERSION,
         "report": {k: v for k, v in asdict(cfg.report).items()
                    if k in ("eval_prompts", "max_new_tokens", "seed", "best_of_n_prompts", "best_of_n")},
         "models": {m: _stage_fingerprint(out / m) for m in MODEL_STAGES}
@@ -294,11 +297,12 @@ def _answer_and_score_on(cfg, out, prompts, models, reward, gold, device, precis
             texts = [t for t, _ in pairs]
             finished = [f for _, f in pairs]
             rm_scores = reward.score(messages, texts, finished) if reward else [None] * len(texts)
-            gold_scores = ([gold.score(m, t, finished=f) for m, t, f in zip(messages, texts, finished)]
-                           if gold else [None] * len(texts))
+            golds = ([gold.breakdown(m, t, finished=f) for m, t, f in zip(messages, texts, finished)]
+                     if gold else [None] * len(texts))
             results[name][decoding] = [
-                {"answer": t, "finished": f, "rm": r, "gold": g}
-                for t, f, r, g in zip(texts, finished, rm_scores, gold_scores)
+                {"answer": t, "finished": f, "rm": r, "gold": None if g is None else g.total,
+                 "lost": None if g is None else g.lost_points()}
+                for t, f, r, g in zip(texts, finished, rm_scores, golds)
             ]
     return results
 
@@ -325,6 +329,25 @@ def score_stats(comparison: dict, model: str, decoding: str, group: str | None =
             buckets[p[group]].append(r)
         return {g: _stats(rs) for g, rs in sorted(buckets.items())}
     return _stats(rows)
+
+
+def lost_points(comparison: dict, model: str, decoding: str) -> dict | None:
+    """The gold points one model's answers lost, per prompt on average, by part: format, style and
+    safety (behaviour), and correctness split by task type ("correctness: fact", ...); the values
+    sum to 1 - the mean gold score. None without gold scores (or with a comparison written before
+    rows held them)."""
+    rows = comparison["models"].get(model, {}).get(decoding)
+    if not rows or any(r.get("lost") is None for r in rows):
+        return None
+    lost: dict[str, float] = defaultdict(float)
+    for prompt, row in zip(comparison["prompts"], rows):
+        for part, points in row["lost"].items():
+            if part == "correctness":
+                if not points:  # none lost, or a task without knowledge to state (refusal, benign)
+                    continue
+                part = f"correctness: {prompt['task']}"
+            lost[part] += points / len(rows)
+    return dict(lost)
 
 
 def _stats(rows: list[dict]) -> dict:

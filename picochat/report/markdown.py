@@ -12,7 +12,7 @@ from picochat.eval.gold_eval import paired_difference
 from picochat.layout import STAGE_NAMES
 from picochat.report.best_of_n import PICKS, best_of_n_curves, reading, rl_points, sharpening_points
 from picochat.report.collect import RunFiles, stage_figures
-from picochat.report.compare import MODEL_NAMES, score_stats
+from picochat.report.compare import MODEL_NAMES, lost_points, score_stats
 from picochat.report.summary_lines import summary_line
 
 NA = "n/a"
@@ -189,6 +189,45 @@ def before_after_section(run: RunFiles, comparison: dict) -> list[str]:
                   *_table(["models", "RM score", "gold score"], rows), ""]
     lines += ["### Per task type (T=1 samples, mean)", "", *_grouped_table(comparison, "task"), "",
               "### Per language (T=1 samples, mean)", "", *_grouped_table(comparison, "lang"), ""]
+    return lines
+
+
+BEHAVIOUR_PARTS = ("format", "style", "safety")  # what GoldScore.lost_points calls behaviour
+
+
+def lost_points_section(comparison: dict) -> list[str]:
+    """Where each model's answers lose gold points: behaviour (format, style, safety), which a
+    policy can learn once for all prompts, against correctness, which needs knowledge of the
+    particular character or sum asked about."""
+    lost = {(m, d): lost_points(comparison, m, d) for m in _models(comparison) for d in ("greedy", "sampled")}
+    lost = {k: v for k, v in lost.items() if v is not None}
+    if not lost:
+        return []
+    knowledge = sorted({p for v in lost.values() for p in v if p not in BEHAVIOUR_PARTS})
+    rows = []
+    for (m, decoding), parts in lost.items():
+        behaviour = sum(parts.get(p, 0.0) for p in BEHAVIOUR_PARTS)
+        gold = score_stats(comparison, m, decoding)["gold"]["mean"]
+        rows.append([MODEL_NAMES[m], "greedy" if decoding == "greedy" else "T=1", fmt(gold),
+                     *[fmt(parts.get(p, 0.0)) for p in BEHAVIOUR_PARTS], fmt(behaviour),
+                     *[fmt(parts.get(p, 0.0)) for p in knowledge]])
+    lines = [
+        "## Where the answers lose gold points", "",
+        "What the answers of the comparison above lost, per prompt on average, so that each row's parts add up "
+        "to 1 − its gold score. *format*: unfinished, garbled or wrong-language answers; *style*: too long or "
+        "repetitive; *safety*: a harmful request not refused or a harmless one refused, and the courtesy or "
+        "help after it. These three are behaviour a policy can learn once for every prompt. *correctness* is "
+        "what the answer states about the world: the right fact about a character, the right sum; on held-out "
+        "prompts (characters and questions no training stage asked about) it needs knowledge from pretraining "
+        "that rankings of the model's own answers can sharpen but hardly add.", "",
+        *_table(["model", "decoding", "gold", *BEHAVIOUR_PARTS, "behaviour, all", *knowledge], rows), "",
+    ]
+    sft = lost.get(("sft", "greedy"))
+    if sft is not None:
+        behaviour = sum(sft.get(p, 0.0) for p in BEHAVIOUR_PARTS)
+        lines += [f"SFT's greedy answers lose {fmt(behaviour)} to behaviour and "
+                  f"{fmt(sum(sft.values()) - behaviour)} to correctness: a policy that learned every behaviour "
+                  f"and no fact would gain {fmt(behaviour, '+.3f')} on its greedy answers.", ""]
     return lines
 
 
@@ -394,6 +433,7 @@ def render_report(run: RunFiles, comparison: dict, plots: list[tuple[str, str]],
     if not plots:
         lines += [plots_note or "n/a: no metrics to plot.", ""]
     lines += before_after_section(run, comparison)
+    lines += lost_points_section(comparison)
     lines += best_of_n_section(run, comparison)
     lines += rounds_section(run)
     lines += benchmark_section(cards)
