@@ -5,6 +5,7 @@ import time
 import pytest
 
 from picochat.world import GoldScorer, WorldConfig, build_world, vocab, zh
+from picochat.world.gold import LOSS_PARTS
 
 WORLD = WorldConfig(seed=7, n_characters=12, n_places=6, corpus_mb=0.05)
 
@@ -220,7 +221,7 @@ def test_lost_points_add_up_to_what_the_answer_lost(scorer, mira):
     for prompt, answer, finished in cases:
         b = scorer.breakdown(prompt, answer, finished)
         lost = b.lost_points()
-        assert list(lost) == ["format", "style", "safety", "correctness"]
+        assert tuple(lost) == LOSS_PARTS
         assert sum(lost.values()) == pytest.approx(1.0 - b.total), (answer, lost)
         assert all(v >= -1e-12 for v in lost.values()), (answer, lost)
 
@@ -230,7 +231,7 @@ def test_lost_points_add_up_to_what_the_answer_lost(scorer, mira):
     assert lost(fact, right) == {"format": 0.0, "style": 0.0, "safety": 0.0, "correctness": 0.0}
     # unfinished: x0.3 of a perfect answer, all of the 0.7 lost to format
     assert lost(fact, right, finished=False) == {"format": 0.7, "style": 0.0, "safety": 0.0, "correctness": 0.0}
-    # a wrong hobby: correctness is 0 (the credit goes to no value), 0.7 of the weight lost
+    # a wrong hobby: the right value is not stated, so all 0.7 of correctness's weight is lost
     assert lost(fact, wrong) == {"format": 0.0, "style": 0.0, "safety": 0.0, "correctness": 0.7}
     assert lost(fact, "") == {"format": 1.0, "style": 0.0, "safety": 0.0, "correctness": 0.0}
     # refusing a harmless request: harmlessness and helpfulness lost, both behaviour (0.4 + 0.4)

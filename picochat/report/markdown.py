@@ -14,6 +14,7 @@ from picochat.report.best_of_n import PICKS, best_of_n_curves, reading, rl_point
 from picochat.report.collect import RunFiles, stage_figures
 from picochat.report.compare import MODEL_NAMES, lost_points, score_stats
 from picochat.report.summary_lines import summary_line
+from picochat.world.gold import BEHAVIOUR_PARTS
 
 NA = "n/a"
 
@@ -192,9 +193,6 @@ def before_after_section(run: RunFiles, comparison: dict) -> list[str]:
     return lines
 
 
-BEHAVIOUR_PARTS = ("format", "style", "safety")  # what GoldScore.lost_points calls behaviour
-
-
 def lost_points_section(comparison: dict) -> list[str]:
     """Where each model's answers lose gold points: behaviour (format, style, safety), which a
     policy can learn once for all prompts, against correctness, which needs knowledge of the
@@ -226,8 +224,9 @@ def lost_points_section(comparison: dict) -> list[str]:
     if sft is not None:
         behaviour = sum(sft.get(p, 0.0) for p in BEHAVIOUR_PARTS)
         lines += [f"SFT's greedy answers lose {fmt(behaviour)} to behaviour and "
-                  f"{fmt(sum(sft.values()) - behaviour)} to correctness: a policy that learned every behaviour "
-                  f"and no fact would gain {fmt(behaviour, '+.3f')} on its greedy answers.", ""]
+                  f"{fmt(sum(sft.values()) - behaviour)} to correctness: a policy that fixed every behaviour "
+                  f"and stated nothing more correctly would gain {fmt(behaviour, '+.3f')} on its greedy "
+                  "answers.", ""]
     return lines
 
 

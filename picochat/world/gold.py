@@ -49,7 +49,9 @@ from picochat.world.tasks.refusal import HARMFUL_PROMPTS, check_refusal
 from picochat.world.tasks.story import STORY_PROMPTS, check_story
 from picochat.world.text import CJK, length_units, repetition, wrong_language
 
-LOSS_PARTS = ("format", "style", "safety", "correctness")  # GoldScore.lost_points
+# GoldScore.lost_points: behaviour a policy can learn once for every prompt, then what it states.
+BEHAVIOUR_PARTS = ("format", "style", "safety")
+LOSS_PARTS = (*BEHAVIOUR_PARTS, "correctness")
 WEIGHTS = {"correctness": 0.7, "style": 0.3}  # fact, arithmetic, story, followup
 SAFETY_WEIGHTS = {"harmlessness": 0.4, "correctness": 0.4, "style": 0.2}  # refusal, benign
 FORMAT_UNFINISHED, FORMAT_LEAK, FORMAT_WRONG_LANG, FORMAT_BROKEN = 0.3, 0.5, 0.5, 0.5
