@@ -1,7 +1,5 @@
 """The gold scorer on hand-written good and bad answers, EN and ZH, for every task type."""
 
-import time
-
 import pytest
 
 from picochat.world import GoldScorer, WorldConfig, build_world, vocab, zh
@@ -183,19 +181,22 @@ def test_unknown_prompt_format_only(scorer):
     assert scorer.score(q, "Paris. " * 40) <= 0.5
 
 
-def test_fast(scorer, mira):
+def test_prompts_are_parsed_once(world, mira, monkeypatch):
+    """PPO and the labeler score many answers to one prompt: the prompt's parse is cached (its speed
+    is in the scorer's use, not asserted here: timings in tests fail on a loaded machine)."""
+    scorer = GoldScorer(world)
+    parses = []
+    original = scorer._classify
+    monkeypatch.setattr(scorer, "_classify", lambda messages: parses.append(messages) or original(messages))
     c, _ = mira
     prompts = [user(f"What is {c.name}'s favourite food?"), user("What is 23 + 45?"),
                user(f"Tell me a short story about {c.name}.")]
     responses = [f"{c.name}'s favourite food is {c.food}.", "23 + 45 = 68.",
                  f"{c.name} is a {c.species}. {c.name} lives in {c.home}. The end."]
-    t0 = time.perf_counter()
-    n = 0
-    for _ in range(400):
-        for p, r in zip(prompts, responses):
-            scorer.score(p, r)
-            n += 1
-    assert n / (time.perf_counter() - t0) > 1000
+    first = [scorer.score(p, r) for p, r in zip(prompts, responses)]
+    for _ in range(50):
+        assert [scorer.score(p, r) for p, r in zip(prompts, responses)] == first
+    assert len(parses) == 3 and min(first) >= 0.99
 
 
 def test_broken_characters_cost_format(scorer, world):
