@@ -202,12 +202,12 @@ def lost_points_section(comparison: dict) -> list[str]:
     if not lost:
         return []
     knowledge = sorted({p for v in lost.values() for p in v if p not in BEHAVIOUR_PARTS})
+    behaviour = {k: sum(parts.get(p, 0.0) for p in BEHAVIOUR_PARTS) for k, parts in lost.items()}
     rows = []
     for (m, decoding), parts in lost.items():
-        behaviour = sum(parts.get(p, 0.0) for p in BEHAVIOUR_PARTS)
         gold = score_stats(comparison, m, decoding)["gold"]["mean"]
         rows.append([MODEL_NAMES[m], "greedy" if decoding == "greedy" else "T=1", fmt(gold),
-                     *[fmt(parts.get(p, 0.0)) for p in BEHAVIOUR_PARTS], fmt(behaviour),
+                     *[fmt(parts.get(p, 0.0)) for p in BEHAVIOUR_PARTS], fmt(behaviour[m, decoding]),
                      *[fmt(parts.get(p, 0.0)) for p in knowledge]])
     lines = [
         "## Where the answers lose gold points", "",
@@ -220,12 +220,11 @@ def lost_points_section(comparison: dict) -> list[str]:
         "that rankings of the model's own answers can sharpen but hardly add.", "",
         *_table(["model", "decoding", "gold", *BEHAVIOUR_PARTS, "behaviour, all", *knowledge], rows), "",
     ]
-    sft = lost.get(("sft", "greedy"))
-    if sft is not None:
-        behaviour = sum(sft.get(p, 0.0) for p in BEHAVIOUR_PARTS)
-        lines += [f"SFT's greedy answers lose {fmt(behaviour)} to behaviour and "
-                  f"{fmt(sum(sft.values()) - behaviour)} to correctness: a policy that fixed every behaviour "
-                  f"and stated nothing more correctly would gain {fmt(behaviour, '+.3f')} on its greedy "
+    if ("sft", "greedy") in lost:
+        sft = behaviour["sft", "greedy"]
+        lines += [f"SFT's greedy answers lose {fmt(sft)} to behaviour and "
+                  f"{fmt(sum(lost['sft', 'greedy'].values()) - sft)} to correctness: a policy that fixed every "
+                  f"behaviour and stated nothing more correctly would gain {fmt(sft, '+.3f')} on its greedy "
                   "answers.", ""]
     return lines
 
